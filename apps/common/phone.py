@@ -1,0 +1,17 @@
+"""Phone numbers: validated and normalised to E.164 with Google's libphonenumber."""
+
+import phonenumbers
+from django.core.exceptions import ValidationError
+
+
+def normalize_phone(value: str) -> str:
+    """Return `value` as E.164, or raise ValidationError naming the problem."""
+    if not isinstance(value, str) or not value.strip().startswith("+"):
+        raise ValidationError("Phone numbers must be in E.164 form, starting with '+' and a country code.")
+    try:
+        parsed = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValidationError(f"Not a phone number: {exc}.") from exc
+    if not phonenumbers.is_valid_number(parsed):
+        raise ValidationError(f"{value!r} is not a valid phone number.")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)

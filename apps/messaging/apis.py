@@ -1,0 +1,208 @@
+"""Senders' message and dead-letter endpoints: parse, call a service or selector, answer."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.permissions import CanManageDeadLetters, CanSendMessage
+from apps.common.phone import normalize_phone
+
+from .content import normalize_content
+from .models import ContentType, DeadLetter, Kind, Priority, Status
+from .pagination import PagePagination
+from .selectors import dead_letters_visible_to, message_get_for_sender, message_list_for_sender
+from .serializers import (
+    DeadLetterDetailSerializer,
+    DeadLetterSerializer,
+    MessageDetailSerializer,
+    MessageSerializer,
+)
+from .services import (
+    dead_letter_delete,
+    dead_letters_requeue,
+    message_send,
+    message_send_idempotent,
+    request_hash,
+)
+
+MAX_TTL_SECONDS = 30 * 24 * 3600
+MAX_ATTACHMENTS = 5
+
+
+def _phone(value: str) -> str:
+    try:
+        return normalize_phone(value)
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError(exc.messages) from exc
+
+
+class OneWayMessageInputSerializer(serializers.Serializer):
+    """The body of a one-way send (also used, per item, by batch and broadcast)."""
+
+    recipient_phone_number = serializers.CharField(max_length=32)
+    subject = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    content = serializers.CharField(max_length=10_000, trim_whitespace=False)
+    content_type = serializers.ChoiceField(choices=ContentType.choices, default=ContentType.TEXT)
+    priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
+    ttl_seconds = serializers.IntegerField(min_value=1, max_value=MAX_TTL_SECONDS, required=False, allow_null=True)
+    attachment_ids = serializers.ListField(
+        child=serializers.UUIDField(), max_length=MAX_ATTACHMENTS, required=False, default=list
+    )
+
+    def validate_recipient_phone_number(self, value: str) -> str:
+        return _phone(value)
+
+    def validate_attachment_ids(self, value: list) -> list:
+        if value:
+            # No upload endpoint exists yet, so no id can name a stored attachment.
+            raise serializers.ValidationError("Unknown attachment id(s).")
+        return value
+
+    def validate(self, data: dict) -> dict:
+        try:
+            data["content"] = normalize_content(data["content"], data["content_type"])
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError({"content": exc.messages}) from exc
+        data.pop("attachment_ids", None)
+        return data
+
+
+class MessageSendApi(APIView):
+    """Accept a one-way message: persisted before this answers, delivered after commit."""
+
+    permission_classes = [CanSendMessage]
+
+    @extend_schema(
+        request=OneWayMessageInputSerializer,
+        responses={200: MessageSerializer, 202: MessageSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+    )
+    def post(self, request: Request) -> Response:
+        serializer = OneWayMessageInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            message, created = message_send(sender=request.user, **data), True
+        else:
+            if not key.strip() or len(key) > 255:
+                raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 characters."]})
+            message, created = message_send_idempotent(
+                sender=request.user, idempotency_key=key, body_hash=request_hash(data), **data
+            )
+        return Response(
+            MessageSerializer(message).data,
+            status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+        )
+
+
+class MessageListApi(APIView):
+    permission_classes = [CanSendMessage]
+
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=Status.choices, required=False)
+        recipient = serializers.CharField(required=False)
+        kind = serializers.ChoiceField(choices=Kind.choices, required=False)
+        created_after = serializers.DateTimeField(required=False)
+        created_before = serializers.DateTimeField(required=False)
+
+        def validate_recipient(self, value: str) -> str:
+            return _phone(value)
+
+    @extend_schema(parameters=[FilterSerializer], responses=MessageSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        params = dict(filters.validated_data)
+        if "recipient" in params:
+            params["recipient_phone"] = params.pop("recipient")
+        messages = message_list_for_sender(sender=request.user, **params)
+        paginator = PagePagination()
+        page = paginator.paginate_queryset(messages, request, view=self)
+        return paginator.get_paginated_response(MessageSerializer(page, many=True).data)
+
+
+class MessageDetailApi(APIView):
+    permission_classes = [CanSendMessage]
+
+    @extend_schema(responses=MessageDetailSerializer)
+    def get(self, request: Request, message_id: str) -> Response:
+        message = message_get_for_sender(sender=request.user, message_id=message_id)
+        if message is None:
+            raise NotFound("No message with this id among yours.")
+        return Response(MessageDetailSerializer(message).data)
+
+
+def _dead_letter_or_404(request: Request, dead_letter_id: str) -> DeadLetter:
+    if not dead_letter_id.isdigit():
+        raise NotFound("No dead letter with this id among yours.")
+    return get_object_or_404(dead_letters_visible_to(user=request.user), pk=int(dead_letter_id))
+
+
+class DeadLetterListApi(APIView):
+    permission_classes = [CanManageDeadLetters]
+
+    @extend_schema(responses=DeadLetterSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        paginator = PagePagination()
+        page = paginator.paginate_queryset(dead_letters_visible_to(user=request.user), request, view=self)
+        return paginator.get_paginated_response(DeadLetterSerializer(page, many=True).data)
+
+
+class DeadLetterDetailApi(APIView):
+    permission_classes = [CanManageDeadLetters]
+
+    @extend_schema(responses=DeadLetterDetailSerializer)
+    def get(self, request: Request, dead_letter_id: str) -> Response:
+        return Response(DeadLetterDetailSerializer(_dead_letter_or_404(request, dead_letter_id)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, dead_letter_id: str) -> Response:
+        dead_letter_delete(dead_letter=_dead_letter_or_404(request, dead_letter_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RequeuedSerializer(serializers.Serializer):
+    requeued = serializers.ListField(child=serializers.UUIDField())
+
+
+class DeadLetterRequeueApi(APIView):
+    permission_classes = [CanManageDeadLetters]
+
+    @extend_schema(request=None, responses={202: RequeuedSerializer})
+    def post(self, request: Request, dead_letter_id: str) -> Response:
+        dead_letter = _dead_letter_or_404(request, dead_letter_id)
+        requeued = dead_letters_requeue(dead_letters=DeadLetter.objects.filter(pk=dead_letter.pk))
+        return Response({"requeued": [str(pk) for pk in requeued]}, status=status.HTTP_202_ACCEPTED)
+
+
+class DeadLetterBulkRequeueApi(APIView):
+    permission_classes = [CanManageDeadLetters]
+
+    class InputSerializer(serializers.Serializer):
+        ids = serializers.ListField(child=serializers.IntegerField(min_value=1), min_length=1, max_length=1000)
+
+    @extend_schema(request=InputSerializer, responses={202: RequeuedSerializer})
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        ids = set(serializer.validated_data["ids"])
+        visible = dead_letters_visible_to(user=request.user).filter(pk__in=ids)
+        found = set(visible.values_list("pk", flat=True))
+        if found != ids:
+            raise NotFound(f"No dead letter among yours with id(s) {sorted(ids - found)}.")
+        requeued = dead_letters_requeue(dead_letters=visible)
+        return Response({"requeued": [str(pk) for pk in requeued]}, status=status.HTTP_202_ACCEPTED)
+
+
+
+
+class MessagesApi(MessageSendApi, MessageListApi):
+    """`/messages/`: POST sends (MessageSendApi), GET lists (MessageListApi)."""

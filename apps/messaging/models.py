@@ -1,0 +1,157 @@
+"""Messages, their delivery attempts, dead letters and stored idempotency keys."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from apps.accounts.models import MobileUser
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued"
+    PENDING = "pending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+
+
+class Kind(models.TextChoices):
+    ONE_WAY = "one_way"
+    CHAT = "chat"
+
+
+class ContentType(models.TextChoices):
+    TEXT = "text"
+    JSON = "json"
+
+
+class Priority(models.TextChoices):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+class Message(models.Model):
+    """A message to one mobile user. `status` is written only by `lifecycle.transition`."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.ONE_WAY)
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sent_messages"
+    )
+    recipient = models.ForeignKey(MobileUser, on_delete=models.PROTECT, related_name="messages")
+    seq = models.BigIntegerField(help_text="Gapless, strictly increasing per recipient.")
+    subject = models.CharField(max_length=200, blank=True)
+    content = models.TextField()
+    content_type = models.CharField(max_length=8, choices=ContentType.choices, default=ContentType.TEXT)
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    retry_count = models.PositiveSmallIntegerField(default=0)
+    # When a sweep should next act: dispatch a `queued` message nobody dispatched, time out the
+    # ack of a `sent` one, retry a `pending` one after backoff (null: as soon as it is online).
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    failure_reason = models.CharField(max_length=500, blank=True)
+    ttl_seconds = models.PositiveIntegerField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    correlation_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["recipient", "seq"], name="message_unique_recipient_seq"),
+        ]
+        indexes = [
+            # Catch-up and the pending sweep: a recipient's undelivered messages in seq order.
+            models.Index(
+                fields=["recipient", "seq"],
+                condition=Q(status__in=["queued", "pending", "sent"]),
+                name="message_undelivered_idx",
+            ),
+            # Sweeps: due work by status.
+            models.Index(
+                fields=["status", "next_attempt_at"],
+                condition=Q(status__in=["queued", "pending", "sent"]),
+                name="message_due_idx",
+            ),
+            models.Index(
+                fields=["expires_at"],
+                condition=Q(status__in=["queued", "pending", "sent"], expires_at__isnull=False),
+                name="message_expiry_idx",
+            ),
+            # The sender's list, newest first, with its filters.
+            models.Index(fields=["sender", "-created_at"], name="message_sender_created_idx"),
+            models.Index(fields=["sender", "status", "-created_at"], name="message_sender_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} → {self.recipient_id} #{self.seq} ({self.status})"
+
+
+class Channel(models.TextChoices):
+    WEBSOCKET = "websocket"
+    FCM = "fcm"
+    APNS = "apns"
+
+
+class Outcome(models.TextChoices):
+    SENT = "sent", "written, waiting for the ack"
+    ACKED = "acked"
+    TIMEOUT = "timeout"
+    OFFLINE = "offline"
+    ERROR = "error"
+
+
+class DeliveryAttempt(models.Model):
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attempts")
+    at = models.DateTimeField()
+    channel = models.CharField(max_length=12, choices=Channel.choices)
+    outcome = models.CharField(max_length=12, choices=Outcome.choices)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["message", "at"], name="attempt_message_at_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.channel} {self.outcome} at {self.at:%H:%M:%S}"
+
+
+class DeadLetter(models.Model):
+    """A message that gave up; an operator reviews it and requeues or deletes it."""
+
+    message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="dead_letter")
+    reason = models.CharField(max_length=500)
+    payload = models.JSONField(help_text="The message as it was when it failed.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"dead letter {self.pk}: {self.reason}"
+
+
+class IdempotencyKey(models.Model):
+    """A sender's Idempotency-Key, with the hash of the request it was first used for."""
+
+    sender = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.CASCADE)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["sender", "key"], name="idempotency_unique_sender_key")
+        ]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created_idx")]

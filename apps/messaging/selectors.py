@@ -1,0 +1,100 @@
+"""Reads for messaging: querysets with their joins applied."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from django.db.models import Prefetch, Q, QuerySet
+from django.utils import timezone
+
+from apps.accounts.models import User
+
+from .models import DeadLetter, DeliveryAttempt, Message, Status
+
+UNDELIVERED = (Status.QUEUED, Status.PENDING, Status.SENT)
+
+
+def parse_uuid(value: object) -> uuid.UUID | None:
+    """Return `value` as a UUID, or None when it is not one."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def message_list_for_sender(
+    *,
+    sender: User,
+    status: str | None = None,
+    recipient_phone: str | None = None,
+    kind: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> QuerySet[Message]:
+    """Return the sender's messages, newest first, filtered."""
+    qs = Message.objects.filter(sender=sender).select_related("recipient").order_by("-created_at", "-pk")
+    if status:
+        qs = qs.filter(status=status)
+    if recipient_phone:
+        qs = qs.filter(recipient__phone_number=recipient_phone)
+    if kind:
+        qs = qs.filter(kind=kind)
+    if created_after:
+        qs = qs.filter(created_at__gte=created_after)
+    if created_before:
+        qs = qs.filter(created_at__lt=created_before)
+    return qs
+
+
+def message_get_for_sender(*, sender: User, message_id: object) -> Message | None:
+    """Return the sender's message with its attempts, or None (also for another's message)."""
+    pk = parse_uuid(message_id)
+    if pk is None:
+        return None
+    return (
+        Message.objects.filter(sender=sender, pk=pk)
+        .select_related("recipient")
+        .prefetch_related(Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("at", "id")))
+        .first()
+    )
+
+
+def undelivered_for_recipient(*, recipient_id: int, after_seq: int = 0) -> QuerySet[Message]:
+    """Return the recipient's undelivered, unexpired messages after `after_seq`, in seq order."""
+    now = timezone.now()
+    return (
+        Message.objects.filter(recipient_id=recipient_id, status__in=UNDELIVERED, seq__gt=after_seq)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .select_related("sender")
+        .order_by("seq")
+    )
+
+
+def has_earlier_undelivered(*, message: Message) -> bool:
+    """Return whether the recipient has an undelivered message before `message` (strict mode)."""
+    return Message.objects.filter(
+        recipient_id=message.recipient_id, seq__lt=message.seq, status__in=UNDELIVERED
+    ).exists()
+
+
+def dead_letters_visible_to(*, user: User) -> QuerySet[DeadLetter]:
+    """Return the dead letters `user` may manage: its own messages', or all for staff."""
+    qs = DeadLetter.objects.select_related("message", "message__recipient").order_by("-created_at", "-pk")
+    if not user.is_staff:
+        qs = qs.filter(message__sender=user)
+    return qs
+
+
+def pending_recipients_due(*, limit: int) -> list[int]:
+    """Return recipients that have `pending` messages due for another try."""
+    now = timezone.now()
+    return list(
+        Message.objects.filter(status=Status.PENDING)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .order_by()
+        .values_list("recipient_id", flat=True)
+        .distinct()[:limit]
+    )

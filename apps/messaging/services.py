@@ -1,0 +1,547 @@
+"""Writes for messaging: sending, delivering, acknowledging, retrying, dead-lettering.
+
+Every status change goes through `lifecycle.transition`. Every task is enqueued after the
+transaction that made it necessary has committed, and every sweep claims its rows with a
+conditional update, so each function here is safe to run twice or on two machines at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, QuerySet
+from django.utils import timezone
+
+from apps.accounts.models import MobileUser, User
+from apps.ops.logging import get_correlation_id
+from apps.realtime import bridge, presence
+from apps.realtime.frames import message_payload
+
+from . import lifecycle
+from .backoff import retries_exhausted, retry_delay
+from .errors import IdempotencyKeyInFlight, IdempotencyKeyMismatch, RecipientNotFound
+from .models import (
+    Channel,
+    DeadLetter,
+    DeliveryAttempt,
+    IdempotencyKey,
+    Kind,
+    Message,
+    Outcome,
+    Priority,
+    Status,
+)
+from .selectors import has_earlier_undelivered, parse_uuid, undelivered_for_recipient
+
+logger = logging.getLogger(__name__)
+
+QUEUE_FOR_PRIORITY = {Priority.HIGH: "high", Priority.NORMAL: "default", Priority.LOW: "low"}
+# A claimed Idempotency-Key whose request never finished may be taken over after this long.
+IDEMPOTENCY_LEASE = timedelta(seconds=60)
+
+
+def _strict() -> bool:
+    return settings.MESSAGING_ORDERING == "strict"
+
+
+def _ack_deadline(now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.MESSAGING_ACK_TIMEOUT_SECONDS)
+
+
+def _dispatch_deadline(now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.MESSAGING_DISPATCH_GRACE_SECONDS)
+
+
+# --- Sending --------------------------------------------------------------------------------
+
+
+def message_send(
+    *,
+    sender: User,
+    recipient_phone_number: str,
+    content: str,
+    subject: str = "",
+    content_type: str = "text",
+    priority: str = Priority.NORMAL,
+    ttl_seconds: int | None = None,
+) -> Message:
+    """Persist a one-way message with the recipient's next `seq`; dispatch it after commit."""
+    with transaction.atomic():
+        # The conditional increment locks the recipient's row until commit, so concurrent
+        # sends to one recipient take consecutive numbers and a rollback leaves no gap.
+        bumped = MobileUser.objects.filter(
+            phone_number=recipient_phone_number, is_active=True
+        ).update(last_seq=F("last_seq") + 1)
+        if not bumped:
+            raise RecipientNotFound(f"No active mobile user has the phone number {recipient_phone_number}.")
+        recipient_id, seq = MobileUser.objects.values_list("pk", "last_seq").get(
+            phone_number=recipient_phone_number
+        )
+        now = timezone.now()
+        message = Message.objects.create(
+            kind=Kind.ONE_WAY,
+            sender=sender,
+            recipient_id=recipient_id,
+            seq=seq,
+            subject=subject,
+            content=content,
+            content_type=content_type,
+            priority=priority,
+            status=Status.QUEUED,
+            next_attempt_at=_dispatch_deadline(now),
+            ttl_seconds=ttl_seconds,
+            expires_at=now + timedelta(seconds=ttl_seconds) if ttl_seconds else None,
+            correlation_id=get_correlation_id(),
+        )
+        rows = [(message.pk, message.priority)]
+        transaction.on_commit(lambda: messages_dispatch(rows))
+    logger.info("message.accepted", extra={"message_id": str(message.pk), "seq": seq})
+    return message
+
+
+def request_hash(payload: dict) -> str:
+    """Return a stable hash of a request body, for Idempotency-Key comparison."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def message_send_idempotent(
+    *, sender: User, idempotency_key: str, body_hash: str, **send_kwargs
+) -> tuple[Message, bool]:
+    """Send once per (sender, key); return the message and whether this call created it.
+
+    The key is claimed in its own committed row before the message is stored, so a concurrent
+    request with the same key sees the claim and gets 409 instead of a second message.
+    """
+    record = _idempotency_claim(sender=sender, key=idempotency_key, body_hash=body_hash)
+    if record.message_id is not None:
+        return record.message, False
+    try:
+        with transaction.atomic():
+            message = message_send(sender=sender, **send_kwargs)
+            IdempotencyKey.objects.filter(pk=record.pk).update(message=message)
+    except Exception:
+        # Nothing was stored: free the key so that a corrected retry can use it.
+        IdempotencyKey.objects.filter(pk=record.pk, message__isnull=True).delete()
+        raise
+    return message, True
+
+
+def _idempotency_claim(*, sender: User, key: str, body_hash: str) -> IdempotencyKey:
+    try:
+        with transaction.atomic():
+            return IdempotencyKey.objects.create(sender=sender, key=key, request_hash=body_hash)
+    except IntegrityError:
+        pass
+    record = IdempotencyKey.objects.select_related("message", "message__recipient").get(
+        sender=sender, key=key
+    )
+    if record.request_hash != body_hash:
+        raise IdempotencyKeyMismatch()
+    if record.message_id is not None:
+        return record
+    now = timezone.now()
+    if record.created_at > now - IDEMPOTENCY_LEASE:
+        raise IdempotencyKeyInFlight()
+    # The first request died before storing anything: take the claim over.
+    taken = IdempotencyKey.objects.filter(
+        pk=record.pk, message__isnull=True, created_at=record.created_at
+    ).update(created_at=now)
+    if not taken:
+        raise IdempotencyKeyInFlight()
+    return record
+
+
+def messages_dispatch(rows: Iterable[tuple[uuid.UUID, str]], *, countdown: float | None = None) -> int:
+    """Enqueue a delivery task per (message id, priority); return how many were enqueued.
+
+    A broker outage is not an error here: the messages stay `queued` (or `pending`) and the
+    sweeps dispatch them once the broker is back.
+    """
+    from .tasks import deliver_message
+
+    enqueued = 0
+    correlation_id = get_correlation_id()
+    for pk, priority in rows:
+        try:
+            deliver_message.apply_async(
+                args=[str(pk)],
+                kwargs={"correlation_id": correlation_id},
+                queue=QUEUE_FOR_PRIORITY.get(priority, "default"),
+                countdown=countdown,
+            )
+        except Exception as exc:  # noqa: BLE001 - any broker failure leaves it to the sweep
+            logger.warning("message.dispatch_failed", extra={"message_id": str(pk), "error": repr(exc)})
+            break
+        enqueued += 1
+    return enqueued
+
+
+# --- Delivering -----------------------------------------------------------------------------
+
+
+def message_deliver(*, message_id: str | uuid.UUID) -> str:
+    """Try to deliver one message now; return what happened (for logs and tests)."""
+    message = Message.objects.select_related("sender").filter(pk=message_id).first()
+    if message is None or message.status not in (Status.QUEUED, Status.PENDING):
+        return "skipped"
+    now = timezone.now()
+    if message.expires_at and message.expires_at <= now:
+        messages_fail(Message.objects.filter(pk=message.pk), reason="expired")
+        return "expired"
+    if message.status == Status.PENDING and message.next_attempt_at and message.next_attempt_at > now:
+        return "not_due"
+    if _strict() and has_earlier_undelivered(message=message):
+        lifecycle.transition(Message.objects.filter(pk=message.pk, status=Status.QUEUED), to=Status.PENDING)
+        return "held"
+    if not presence.is_online(message.recipient_id):
+        with transaction.atomic():
+            moved = lifecycle.transition(
+                Message.objects.filter(pk=message.pk, status=Status.QUEUED),
+                to=Status.PENDING,
+                next_attempt_at=None,
+            )
+            if moved:
+                _record_attempts([message.pk], Outcome.OFFLINE, now=now, error="recipient offline")
+        return "offline"
+    _write(message.recipient_id, [message])
+    return "sent"
+
+
+def recipient_deliver_backlog(*, recipient_id: int) -> int:
+    """Write the recipient's due `pending` messages to its connections, in seq order.
+
+    In strict mode only the first undelivered message goes, and only when nothing is in flight.
+    Return how many were written.
+    """
+    if not presence.is_online(recipient_id):
+        return 0
+    now = timezone.now()
+    undelivered = undelivered_for_recipient(recipient_id=recipient_id)
+    if _strict():
+        first = undelivered.first()
+        if first is None or first.status == Status.SENT:
+            return 0
+        if first.status == Status.PENDING and first.next_attempt_at and first.next_attempt_at > now:
+            return 0
+        batch = [first]
+    else:
+        batch = [
+            m
+            for m in undelivered.filter(status=Status.PENDING)[: settings.MESSAGING_CATCHUP_CHUNK]
+            if m.next_attempt_at is None or m.next_attempt_at <= now
+        ]
+    if batch:
+        _write(recipient_id, batch)
+    return len(batch)
+
+
+def _write(recipient_id: int, messages: list[Message]) -> None:
+    """Send `messages` as frames to every connection of the recipient, then mark them sent.
+
+    The frame goes first: if the channel layer is down this raises and the caller retries,
+    with the status unchanged. An ack that overtakes the bookkeeping below simply wins.
+    """
+    payloads = [message_payload(m) for m in messages]
+    bridge.group_send(
+        bridge.mobile_group(recipient_id),
+        {"type": "deliver.messages", "messages": payloads, "correlation_id": get_correlation_id()},
+    )
+    messages_mark_sent([m.pk for m in messages])
+
+
+def messages_mark_sent(message_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Move the messages to `sent` with a fresh ack deadline; record the attempts."""
+    now = timezone.now()
+    with transaction.atomic():
+        moved = lifecycle.transition(
+            Message.objects.filter(pk__in=message_ids),
+            to=Status.SENT,
+            now=now,
+            next_attempt_at=_ack_deadline(now),
+        )
+        ids = {m.id for m in moved}
+        _record_attempts(ids, Outcome.SENT, now=now)
+    return ids
+
+
+def catchup_chunk(*, recipient_id: int, after_seq: int, limit: int) -> tuple[list[dict], int | None]:
+    """Claim the next chunk of the recipient's undelivered messages for a (re)connected socket.
+
+    Return their frame payloads in seq order and the last seq looked at (None when done). The
+    messages are marked `sent` before the caller writes them: a write that fails is caught by
+    the ack timeout like any other lost frame.
+    """
+    if _strict():
+        if after_seq:
+            return [], None
+        limit = 1
+    batch = list(undelivered_for_recipient(recipient_id=recipient_id, after_seq=after_seq)[:limit])
+    if not batch:
+        return [], None
+    moved = messages_mark_sent([m.pk for m in batch])
+    payloads = [message_payload(m) for m in batch if m.pk in moved]
+    return payloads, batch[-1].seq
+
+
+def _record_attempts(
+    message_ids: Iterable[uuid.UUID], outcome: str, *, now: datetime, error: str = ""
+) -> None:
+    DeliveryAttempt.objects.bulk_create(
+        DeliveryAttempt(message_id=pk, at=now, channel=Channel.WEBSOCKET, outcome=outcome, error=error)
+        for pk in message_ids
+    )
+
+
+def _close_open_attempts(message_ids: Iterable[uuid.UUID], outcome: str, error: str = "") -> None:
+    DeliveryAttempt.objects.filter(
+        message_id__in=list(message_ids), channel=Channel.WEBSOCKET, outcome=Outcome.SENT
+    ).update(outcome=outcome, error=error)
+
+
+# --- Receipts from the device ---------------------------------------------------------------
+
+
+def _own_messages(recipient_id: int, message_ids: Iterable[object]) -> QuerySet[Message]:
+    ids = [pk for pk in (parse_uuid(v) for v in message_ids) if pk is not None]
+    return Message.objects.filter(recipient_id=recipient_id, pk__in=ids)
+
+
+def messages_acknowledge(*, recipient_id: int, message_ids: Iterable[object]) -> list[uuid.UUID]:
+    """Mark the recipient's messages delivered; ids that are not its own are ignored."""
+    return _receipt(recipient_id, message_ids, Status.DELIVERED)
+
+
+def messages_mark_read(*, recipient_id: int, message_ids: Iterable[object]) -> list[uuid.UUID]:
+    """Mark the recipient's messages read (and delivered, if the ack was lost)."""
+    return _receipt(recipient_id, message_ids, Status.READ)
+
+
+def _receipt(recipient_id: int, message_ids: Iterable[object], target: str) -> list[uuid.UUID]:
+    with transaction.atomic():
+        moved = lifecycle.transition(_own_messages(recipient_id, message_ids), to=target)
+        ids = [m.id for m in moved]
+        if ids:
+            _close_open_attempts(ids, Outcome.ACKED)
+        if ids and _strict():
+            transaction.on_commit(lambda: _enqueue_backlog(recipient_id))
+    return ids
+
+
+def _enqueue_backlog(recipient_id: int) -> None:
+    from .tasks import deliver_backlog
+
+    try:
+        deliver_backlog.delay(recipient_id)
+    except Exception as exc:  # noqa: BLE001 - the pending sweep will get to it
+        logger.warning("message.backlog_dispatch_failed", extra={"recipient_id": recipient_id, "error": repr(exc)})
+
+
+def messages_release_unacked(*, recipient_ids: Iterable[int], reason: str) -> list[uuid.UUID]:
+    """Move recipients' `sent` messages back to `pending` (their connections are gone)."""
+    with transaction.atomic():
+        moved = lifecycle.transition(
+            Message.objects.filter(recipient_id__in=list(recipient_ids), status=Status.SENT),
+            to=Status.PENDING,
+            reason=reason,
+            next_attempt_at=None,
+        )
+        ids = [m.id for m in moved]
+        if ids:
+            _close_open_attempts(ids, Outcome.OFFLINE, error=reason)
+    return ids
+
+
+# --- Failure, dead letters, requeue ---------------------------------------------------------
+
+
+def messages_fail(messages: QuerySet[Message], *, reason: str, **changes) -> list[uuid.UUID]:
+    """Fail the messages that may still fail and give each a dead-letter row."""
+    with transaction.atomic():
+        moved = lifecycle.transition(messages, to=Status.FAILED, reason=reason, **changes)
+        ids = [m.id for m in moved]
+        if not ids:
+            return []
+        _close_open_attempts(ids, Outcome.TIMEOUT if reason != "expired" else Outcome.ERROR, error=reason)
+        failed = Message.objects.filter(pk__in=ids).select_related("recipient")
+        DeadLetter.objects.bulk_create(
+            [DeadLetter(message=m, reason=reason[:500], payload=_snapshot(m)) for m in failed],
+            ignore_conflicts=True,
+        )
+    return ids
+
+
+def _snapshot(message: Message) -> dict:
+    return {
+        "id": str(message.pk),
+        "kind": message.kind,
+        "recipient_phone_number": message.recipient.phone_number,
+        "seq": message.seq,
+        "subject": message.subject,
+        "content": message.content,
+        "content_type": message.content_type,
+        "priority": message.priority,
+        "ttl_seconds": message.ttl_seconds,
+        "retry_count": message.retry_count,
+        "created_at": message.created_at.isoformat(),
+        "correlation_id": message.correlation_id,
+    }
+
+
+def dead_letters_requeue(*, dead_letters: QuerySet[DeadLetter]) -> list[uuid.UUID]:
+    """Requeue the dead letters' messages: retries reset, status `queued`, dispatched on commit."""
+    now = timezone.now()
+    with transaction.atomic():
+        message_ids = list(dead_letters.values_list("message_id", flat=True))
+        requeued: list[uuid.UUID] = []
+        # Group by TTL so an expired message gets a fresh expiry from now.
+        by_ttl: dict[int | None, list[uuid.UUID]] = defaultdict(list)
+        for pk, ttl in Message.objects.filter(pk__in=message_ids).values_list("pk", "ttl_seconds"):
+            by_ttl[ttl].append(pk)
+        for ttl, ids in by_ttl.items():
+            moved = lifecycle.transition(
+                Message.objects.filter(pk__in=ids),
+                to=Status.QUEUED,
+                now=now,
+                reason="requeued",
+                next_attempt_at=_dispatch_deadline(now),
+                expires_at=now + timedelta(seconds=ttl) if ttl else None,
+            )
+            requeued += [m.id for m in moved]
+        DeadLetter.objects.filter(message_id__in=requeued).delete()
+        rows = list(Message.objects.filter(pk__in=requeued).values_list("pk", "priority"))
+        transaction.on_commit(lambda: messages_dispatch(rows))
+    return requeued
+
+
+def dead_letter_delete(*, dead_letter: DeadLetter) -> None:
+    """Remove a dead letter; its message stays `failed` with its history."""
+    dead_letter.delete()
+
+
+# --- Sweeps (Celery beat) -------------------------------------------------------------------
+
+
+def sweep_ack_timeouts(*, limit: int | None = None) -> int:
+    """Count `sent` messages whose ack deadline passed as failed attempts; retry or fail them."""
+    now = timezone.now()
+    limit = limit or settings.MESSAGING_SWEEP_BATCH
+    due = list(
+        Message.objects.filter(status=Status.SENT, next_attempt_at__lte=now)
+        .order_by("next_attempt_at")
+        .values_list("pk", "retry_count")[:limit]
+    )
+    by_count: dict[int, list[uuid.UUID]] = defaultdict(list)
+    for pk, count in due:
+        by_count[count].append(pk)
+    timeout = settings.MESSAGING_ACK_TIMEOUT_SECONDS
+    handled = 0
+    for count, ids in by_count.items():
+        # Repeating the conditions makes this a compare-and-set: an ack or another sweep
+        # that got there first leaves nothing to move.
+        still_due = Message.objects.filter(
+            pk__in=ids, status=Status.SENT, retry_count=count, next_attempt_at__lte=now
+        )
+        if retries_exhausted(count):
+            handled += len(
+                messages_fail(still_due, reason=f"no ack after {count + 1} attempts ({timeout:g} s each)")
+            )
+            continue
+        delay = retry_delay(count + 1, jitter=True)
+        with transaction.atomic():
+            moved = lifecycle.transition(
+                still_due,
+                to=Status.PENDING,
+                now=now,
+                reason="ack timeout",
+                retry_count=F("retry_count") + 1,
+                next_attempt_at=now + timedelta(seconds=delay),
+            )
+            moved_ids = [m.id for m in moved]
+            _close_open_attempts(moved_ids, Outcome.TIMEOUT, error=f"no ack within {timeout:g} s")
+            rows = list(Message.objects.filter(pk__in=moved_ids).values_list("pk", "priority"))
+            transaction.on_commit(lambda rows=rows, delay=delay: messages_dispatch(rows, countdown=delay))
+        handled += len(moved_ids)
+    return handled
+
+
+def sweep_pending(*, limit: int | None = None) -> int:
+    """Dispatch a backlog delivery for each online recipient with `pending` messages due."""
+    from .tasks import deliver_backlog
+
+    recipients = pending_recipients_due_online(limit=limit or settings.MESSAGING_SWEEP_BATCH)
+    for recipient_id in recipients:
+        deliver_backlog.delay(recipient_id)
+    return len(recipients)
+
+
+def pending_recipients_due_online(*, limit: int) -> list[int]:
+    from .selectors import pending_recipients_due
+
+    candidates = pending_recipients_due(limit=limit)
+    online = presence.online_user_ids(candidates)
+    return [rid for rid in candidates if rid in online]
+
+
+def sweep_queued(*, limit: int | None = None) -> int:
+    """Re-dispatch `queued` messages whose dispatch never happened (e.g. broker down at commit).
+
+    Each is claimed by pushing its deadline forward under a row lock that other sweeps skip,
+    so two beats never dispatch the same message twice in one round.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(
+            Message.objects.filter(status=Status.QUEUED, next_attempt_at__lte=now)
+            .order_by("next_attempt_at")
+            .select_for_update(skip_locked=True)
+            .values_list("pk", "priority")[: limit or settings.MESSAGING_SWEEP_BATCH]
+        )
+        if not rows:
+            return 0
+        Message.objects.filter(pk__in=[pk for pk, _ in rows], status=Status.QUEUED).update(
+            next_attempt_at=_dispatch_deadline(now)
+        )
+        transaction.on_commit(lambda: messages_dispatch(rows))
+    logger.info("message.redispatch", extra={"count": len(rows)})
+    return len(rows)
+
+
+def sweep_expired(*, limit: int | None = None) -> int:
+    """Fail undelivered messages whose TTL has passed (reason `expired`)."""
+    now = timezone.now()
+    ids = list(
+        Message.objects.filter(
+            status__in=(Status.QUEUED, Status.PENDING, Status.SENT), expires_at__lte=now
+        ).values_list("pk", flat=True)[: limit or settings.MESSAGING_SWEEP_BATCH]
+    )
+    if not ids:
+        return 0
+    return len(messages_fail(Message.objects.filter(pk__in=ids, expires_at__lte=now), reason="expired"))
+
+
+def sweep_stale_connections() -> int:
+    """Mark connections without a heartbeat offline and release their unacked messages."""
+    offline, dropped = presence.stale_connections()
+    released = messages_release_unacked(recipient_ids=offline, reason="connection went stale") if offline else []
+    if offline or dropped:
+        logger.info(
+            "presence.stale_sweep",
+            extra={"offline_users": len(offline), "dropped_records": dropped, "released": len(released)},
+        )
+    return len(released)
+
+
+def idempotency_keys_purge() -> int:
+    """Delete Idempotency-Keys older than IDEMPOTENCY_KEY_TTL_HOURS (at least 24 h)."""
+    hours = max(24, settings.IDEMPOTENCY_KEY_TTL_HOURS)
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=timezone.now() - timedelta(hours=hours)).delete()
+    return deleted

@@ -1,0 +1,74 @@
+"""Celery tasks: thin wrappers that take ids, re-read state and call a service.
+
+Each is idempotent (the services move statuses by compare-and-set), which is what makes
+`acks_late` safe: a task redelivered after a worker died simply finds less to do.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from apps.ops.logging import correlation_context
+
+from . import services
+
+logger = logging.getLogger(__name__)
+
+# Infrastructure hiccups (channel layer or Redis unreachable) are retried with backoff; the
+# message's own status is untouched by them, so the sweeps still cover a task that gives up.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OperationalError, ConnectionError, TimeoutError)
+
+
+@shared_task(
+    acks_late=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=8,
+)
+def deliver_message(message_id: str, correlation_id: str = "") -> str:
+    with correlation_context(correlation_id):
+        outcome = services.message_deliver(message_id=message_id)
+        logger.info("message.deliver", extra={"message_id": message_id, "outcome": outcome})
+        return outcome
+
+
+@shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=8)
+def deliver_backlog(recipient_id: int) -> int:
+    return services.recipient_deliver_backlog(recipient_id=recipient_id)
+
+
+@shared_task(acks_late=True)
+def sweep_ack_timeouts() -> int:
+    return services.sweep_ack_timeouts()
+
+
+@shared_task(acks_late=True)
+def sweep_pending() -> int:
+    return services.sweep_pending()
+
+
+@shared_task(acks_late=True)
+def sweep_queued() -> int:
+    return services.sweep_queued()
+
+
+@shared_task(acks_late=True)
+def sweep_expired() -> int:
+    return services.sweep_expired()
+
+
+@shared_task(acks_late=True)
+def sweep_stale_connections() -> int:
+    return services.sweep_stale_connections()
+
+
+@shared_task(acks_late=True)
+def purge_idempotency_keys() -> int:
+    return services.idempotency_keys_purge()

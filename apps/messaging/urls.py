@@ -1,0 +1,16 @@
+from django.urls import path
+
+from . import apis
+
+urlpatterns = [
+    path("messages/", apis.MessagesApi.as_view(), name="messages"),
+    path("messages/<str:message_id>/", apis.MessageDetailApi.as_view(), name="message-detail"),
+    path("dead-letters/", apis.DeadLetterListApi.as_view(), name="dead-letter-list"),
+    path("dead-letters/requeue/", apis.DeadLetterBulkRequeueApi.as_view(), name="dead-letter-bulk-requeue"),
+    path("dead-letters/<str:dead_letter_id>/", apis.DeadLetterDetailApi.as_view(), name="dead-letter-detail"),
+    path(
+        "dead-letters/<str:dead_letter_id>/requeue/",
+        apis.DeadLetterRequeueApi.as_view(),
+        name="dead-letter-requeue",
+    ),
+]

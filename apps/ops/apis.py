@@ -1,0 +1,46 @@
+"""Health and metrics endpoints for operators and load balancers."""
+
+from __future__ import annotations
+
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from apps.messaging.models import DeadLetter, Message, Status
+
+from .health import run_checks
+
+
+def live(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+def ready(request: HttpRequest) -> JsonResponse:
+    checks = run_checks()
+    failing = [name for name, result in checks.items() if result != "ok"]
+    if failing:
+        response = JsonResponse(
+            {"status": "unavailable", "detail": f"failing: {', '.join(failing)}", "checks": checks},
+            status=503,
+        )
+        response["Retry-After"] = "5"
+        return response
+    return JsonResponse({"status": "ok", "checks": checks})
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Expose backlog gauges read from the database at scrape time (Prometheus text format)."""
+    registry = CollectorRegistry()
+    by_status = Gauge("messaging_messages", "Undelivered messages by status", ["status"], registry=registry)
+    counts = dict(
+        Message.objects.filter(status__in=[Status.QUEUED, Status.PENDING, Status.SENT])
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("pk"))
+    )
+    for status in (Status.QUEUED, Status.PENDING, Status.SENT):
+        by_status.labels(status=status).set(counts.get(status, 0))
+    Gauge("messaging_dead_letters", "Dead letters awaiting review", registry=registry).set(
+        DeadLetter.objects.count()
+    )
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,37 @@
+"""Errors as `{"detail": "...", ...field errors}` with the right status, never a 500 for input."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from apps.messaging.errors import MessagingError
+
+
+def _first_message(data) -> str:
+    if isinstance(data, dict):
+        for field, value in data.items():
+            text = _first_message(value)
+            if text:
+                return text if field == "non_field_errors" else f"{field}: {text}"
+    if isinstance(data, list) and data:
+        return _first_message(data[0])
+    return str(data) if data else ""
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, MessagingError):
+        return Response({"detail": exc.detail}, status=exc.status_code)
+    if isinstance(exc, DjangoValidationError):
+        return Response({"detail": " ".join(exc.messages)}, status=status.HTTP_400_BAD_REQUEST)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    data = response.data
+    if isinstance(data, list):
+        response.data = {"detail": _first_message(data), "errors": data}
+    elif isinstance(data, dict) and "detail" not in data:
+        response.data = {"detail": f"Invalid input: {_first_message(data)}", **data}
+    return response

@@ -1,0 +1,35 @@
+"""Correlation ids: carried from the API request through Celery tasks to the WebSocket frame."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
+
+
+def get_correlation_id() -> str:
+    return _correlation_id.get()
+
+
+def new_correlation_id() -> str:
+    return uuid.uuid4().hex
+
+
+@contextmanager
+def correlation_context(value: str) -> Iterator[str]:
+    """Run the block with `value` (or a fresh id) as the current correlation id."""
+    token = _correlation_id.set(value or new_correlation_id())
+    try:
+        yield _correlation_id.get()
+    finally:
+        _correlation_id.reset(token)
+
+
+class CorrelationIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.correlation_id = _correlation_id.get()
+        return True

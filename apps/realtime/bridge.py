@@ -1,0 +1,54 @@
+"""Send to the channel layer from synchronous code (Celery tasks, services).
+
+`async_to_sync` in a thread without an event loop makes a new loop per call, and
+channels-redis then opens new connections each time. Instead each process keeps one event
+loop in a daemon thread, with the channel layer's connection pool living on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+from channels.layers import get_channel_layer
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_pid: int | None = None
+
+SEND_TIMEOUT_SECONDS = 10
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    global _loop, _pid
+    with _lock:
+        if _loop is None or _pid != os.getpid():  # a forked worker needs its own loop
+            _loop = asyncio.new_event_loop()
+            _pid = os.getpid()
+            threading.Thread(target=_loop.run_forever, name="channel-layer", daemon=True).start()
+        return _loop
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run `coro` on this process's channel-layer loop and return its result."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        coro.close()
+        raise RuntimeError("bridge.run is for synchronous callers; await the layer directly")
+    future = asyncio.run_coroutine_threadsafe(coro, _event_loop())
+    return future.result(timeout=SEND_TIMEOUT_SECONDS)
+
+
+def group_send(group: str, event: dict) -> None:
+    """Send `event` to every connection in `group`; raise if the channel layer is unreachable."""
+    run(get_channel_layer().group_send(group, event))
+
+
+def mobile_group(user_id: int) -> str:
+    return f"mobile.{user_id}"

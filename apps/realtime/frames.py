@@ -1,0 +1,27 @@
+"""The `message` frame payload (SPEC.md section 3, mobile WebSocket)."""
+
+from __future__ import annotations
+
+from apps.messaging.models import Message
+
+
+def message_payload(message: Message) -> dict:
+    """Return the M object of a `message` frame. `message.sender` must be loaded."""
+    sender = message.sender
+    return {
+        "id": str(message.id),
+        "seq": message.seq,
+        "kind": message.kind,
+        "conversation_id": None,
+        "sender": {"type": "business", "id": sender.pk, "name": sender.name},
+        "subject": message.subject,
+        "content": message.content,
+        "content_type": message.content_type,
+        "priority": message.priority,
+        "created_at": message.created_at.isoformat().replace("+00:00", "Z"),
+        "attachments": [],
+    }
+
+
+def message_frame(message: Message) -> dict:
+    return {"type": "message", "message": message_payload(message)}

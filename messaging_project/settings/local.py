@@ -1,0 +1,7 @@
+"""Local runs (`make run`): embedded SQLite unless DATABASE_URL says otherwise, debug on."""
+
+from .base import *  # noqa: F403
+from .base import env
+
+DEBUG = env.bool("DJANGO_DEBUG", default=True)
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="local-only-insecure-key-do-not-deploy")

@@ -15,9 +15,7 @@ def principal_for_token(*, key: str) -> User | MobileUser | None:
     if not key or len(key) > 128:
         return None
     token = (
-        ApiToken.objects.select_related("user", "mobile_user")
-        .filter(digest=ApiToken.digest_of(key))
-        .first()
+        ApiToken.objects.select_related("user", "mobile_user").filter(digest=ApiToken.digest_of(key)).first()
     )
     if token is None:
         return None

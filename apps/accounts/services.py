@@ -19,9 +19,7 @@ SENDER_DEFAULT_PERMISSIONS = ("send_message", "chat")
 TICKET_PREFIX = "realtime:ticket:"
 
 
-def sender_create(
-    *, username: str, tier: str = Tier.BASIC, permissions: tuple[str, ...] = ()
-) -> User:
+def sender_create(*, username: str, tier: str = Tier.BASIC, permissions: tuple[str, ...] = ()) -> User:
     """Create a sender with the default permissions plus `permissions`."""
     if tier not in Tier.values:
         raise ValueError(f"tier must be one of {', '.join(Tier.values)}")

@@ -51,7 +51,9 @@ class OneWayMessageInputSerializer(serializers.Serializer):
     content = serializers.CharField(max_length=10_000, trim_whitespace=False)
     content_type = serializers.ChoiceField(choices=ContentType.choices, default=ContentType.TEXT)
     priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
-    ttl_seconds = serializers.IntegerField(min_value=1, max_value=MAX_TTL_SECONDS, required=False, allow_null=True)
+    ttl_seconds = serializers.IntegerField(
+        min_value=1, max_value=MAX_TTL_SECONDS, required=False, allow_null=True
+    )
     attachment_ids = serializers.ListField(
         child=serializers.UUIDField(), max_length=MAX_ATTACHMENTS, required=False, default=list
     )
@@ -187,7 +189,9 @@ class DeadLetterBulkRequeueApi(APIView):
     permission_classes = [CanManageDeadLetters]
 
     class InputSerializer(serializers.Serializer):
-        ids = serializers.ListField(child=serializers.IntegerField(min_value=1), min_length=1, max_length=1000)
+        ids = serializers.ListField(
+            child=serializers.IntegerField(min_value=1), min_length=1, max_length=1000
+        )
 
     @extend_schema(request=InputSerializer, responses={202: RequeuedSerializer})
     def post(self, request: Request) -> Response:
@@ -200,8 +204,6 @@ class DeadLetterBulkRequeueApi(APIView):
             raise NotFound(f"No dead letter among yours with id(s) {sorted(ids - found)}.")
         requeued = dead_letters_requeue(dead_letters=visible)
         return Response({"requeued": [str(pk) for pk in requeued]}, status=status.HTTP_202_ACCEPTED)
-
-
 
 
 class MessagesApi(MessageSendApi, MessageListApi):

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Value
 from django.db.models.functions import Coalesce
-from django.db.models import Value
 from django.utils import timezone
 
 from .models import Message, Status
@@ -96,10 +95,7 @@ def transition(
     now = now or timezone.now()
     with transaction.atomic():
         rows = list(
-            messages.filter(status__in=sources)
-            .select_for_update()
-            .order_by("pk")
-            .values_list("pk", "status")
+            messages.filter(status__in=sources).select_for_update().order_by("pk").values_list("pk", "status")
         )
         if not rows:
             return []

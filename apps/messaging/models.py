@@ -155,3 +155,6 @@ class IdempotencyKey(models.Model):
             models.UniqueConstraint(fields=["sender", "key"], name="idempotency_unique_sender_key")
         ]
         indexes = [models.Index(fields=["created_at"], name="idempotency_created_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({'used' if self.message_id else 'in flight'})"

@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 QUEUE_FOR_PRIORITY = {Priority.HIGH: "high", Priority.NORMAL: "default", Priority.LOW: "low"}
 # A claimed Idempotency-Key whose request never finished may be taken over after this long.
 IDEMPOTENCY_LEASE = timedelta(seconds=60)
+# A retry scheduled with a countdown may run a hair before its recorded due time.
+DUE_TOLERANCE = timedelta(milliseconds=500)
 
 
 def _strict() -> bool:
@@ -77,9 +79,9 @@ def message_send(
     with transaction.atomic():
         # The conditional increment locks the recipient's row until commit, so concurrent
         # sends to one recipient take consecutive numbers and a rollback leaves no gap.
-        bumped = MobileUser.objects.filter(
-            phone_number=recipient_phone_number, is_active=True
-        ).update(last_seq=F("last_seq") + 1)
+        bumped = MobileUser.objects.filter(phone_number=recipient_phone_number, is_active=True).update(
+            last_seq=F("last_seq") + 1
+        )
         if not bumped:
             raise RecipientNotFound(f"No active mobile user has the phone number {recipient_phone_number}.")
         recipient_id, seq = MobileUser.objects.values_list("pk", "last_seq").get(
@@ -190,17 +192,30 @@ def messages_dispatch(rows: Iterable[tuple[uuid.UUID, str]], *, countdown: float
 
 def message_deliver(*, message_id: str | uuid.UUID) -> str:
     """Try to deliver one message now; return what happened (for logs and tests)."""
-    message = Message.objects.select_related("sender").filter(pk=message_id).first()
+    message = Message.objects.select_related("sender", "recipient").filter(pk=message_id).first()
     if message is None or message.status not in (Status.QUEUED, Status.PENDING):
         return "skipped"
     now = timezone.now()
     if message.expires_at and message.expires_at <= now:
         messages_fail(Message.objects.filter(pk=message.pk), reason="expired")
         return "expired"
-    if message.status == Status.PENDING and message.next_attempt_at and message.next_attempt_at > now:
+    if not message.recipient.is_active:
+        # Permanent: retrying cannot help, so it goes to the dead letters at once.
+        messages_fail(Message.objects.filter(pk=message.pk), reason="recipient deactivated")
+        return "failed"
+    if (
+        message.status == Status.PENDING
+        and message.next_attempt_at
+        and message.next_attempt_at > now + DUE_TOLERANCE
+    ):
         return "not_due"
     if _strict() and has_earlier_undelivered(message=message):
-        lifecycle.transition(Message.objects.filter(pk=message.pk, status=Status.QUEUED), to=Status.PENDING)
+        # Due as soon as the earlier one is acked, which enqueues the recipient's backlog.
+        lifecycle.transition(
+            Message.objects.filter(pk=message.pk, status=Status.QUEUED),
+            to=Status.PENDING,
+            next_attempt_at=None,
+        )
         return "held"
     if not presence.is_online(message.recipient_id):
         with transaction.atomic():
@@ -342,7 +357,9 @@ def _enqueue_backlog(recipient_id: int) -> None:
     try:
         deliver_backlog.delay(recipient_id)
     except Exception as exc:  # noqa: BLE001 - the pending sweep will get to it
-        logger.warning("message.backlog_dispatch_failed", extra={"recipient_id": recipient_id, "error": repr(exc)})
+        logger.warning(
+            "message.backlog_dispatch_failed", extra={"recipient_id": recipient_id, "error": repr(exc)}
+        )
 
 
 def messages_release_unacked(*, recipient_ids: Iterable[int], reason: str) -> list[uuid.UUID]:
@@ -531,7 +548,9 @@ def sweep_expired(*, limit: int | None = None) -> int:
 def sweep_stale_connections() -> int:
     """Mark connections without a heartbeat offline and release their unacked messages."""
     offline, dropped = presence.stale_connections()
-    released = messages_release_unacked(recipient_ids=offline, reason="connection went stale") if offline else []
+    released = (
+        messages_release_unacked(recipient_ids=offline, reason="connection went stale") if offline else []
+    )
     if offline or dropped:
         logger.info(
             "presence.stale_sweep",
@@ -543,5 +562,7 @@ def sweep_stale_connections() -> int:
 def idempotency_keys_purge() -> int:
     """Delete Idempotency-Keys older than IDEMPOTENCY_KEY_TTL_HOURS (at least 24 h)."""
     hours = max(24, settings.IDEMPOTENCY_KEY_TTL_HOURS)
-    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=timezone.now() - timedelta(hours=hours)).delete()
+    deleted, _ = IdempotencyKey.objects.filter(
+        created_at__lt=timezone.now() - timedelta(hours=hours)
+    ).delete()
     return deleted

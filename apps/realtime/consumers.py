@@ -113,7 +113,9 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
     async def _receipt(self, kind: str, content: dict) -> None:
         ids = content.get("message_ids")
         if not isinstance(ids, list) or not ids or len(ids) > MAX_IDS_PER_FRAME:
-            await self._error("invalid_frame", f"'message_ids' must be a list of 1 to {MAX_IDS_PER_FRAME} ids.")
+            await self._error(
+                "invalid_frame", f"'message_ids' must be a list of 1 to {MAX_IDS_PER_FRAME} ids."
+            )
             return
         service = services.messages_acknowledge if kind == "ack" else services.messages_mark_read
         await database_sync_to_async(service)(recipient_id=self.mobile_id, message_ids=ids)

@@ -54,7 +54,7 @@ def online_user_ids(user_ids: Iterable[int], *, now: float | None = None) -> set
     for user_id in ids:
         pipe.hvals(_user_key(user_id))
     beats = pipe.execute()
-    return {uid for uid, values in zip(ids, beats) if any(float(v) > threshold for v in values)}
+    return {uid for uid, values in zip(ids, beats, strict=True) if any(float(v) > threshold for v in values)}
 
 
 def is_online(user_id: int) -> bool:

@@ -10,9 +10,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("username")
         parser.add_argument("--tier", choices=Tier.values, default=Tier.BASIC)
-        parser.add_argument(
-            "--broadcast", action="store_true", help="grant the send_broadcast permission"
-        )
+        parser.add_argument("--broadcast", action="store_true", help="grant the send_broadcast permission")
         parser.add_argument(
             "--operator", action="store_true", help="grant the manage_dead_letters permission"
         )
@@ -25,7 +23,7 @@ class Command(BaseCommand):
             extra.append("manage_dead_letters")
         try:
             user = sender_create(username=options["username"], tier=options["tier"], permissions=tuple(extra))
-        except Exception as exc:  # noqa: BLE001 - a command reports, it does not trace
+        except Exception as exc:
             raise CommandError(str(exc)) from exc
         key = token_create(owner=user)
         self.stdout.write(f"Created sender {user.username} (tier {user.tier}, id {user.pk}).")

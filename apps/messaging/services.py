@@ -380,19 +380,26 @@ def messages_release_unacked(*, recipient_ids: Iterable[int], reason: str) -> li
 # --- Failure, dead letters, requeue ---------------------------------------------------------
 
 
-def messages_fail(messages: QuerySet[Message], *, reason: str, **changes) -> list[uuid.UUID]:
-    """Fail the messages that may still fail and give each a dead-letter row."""
+def messages_fail(
+    messages: QuerySet[Message], *, reason: str, attempt_outcome: str = Outcome.ERROR, **changes
+) -> list[uuid.UUID]:
+    """Fail the messages that may still fail and give each a dead-letter row.
+
+    Attempts still waiting for an ack are closed with `attempt_outcome`.
+    """
     with transaction.atomic():
         moved = lifecycle.transition(messages, to=Status.FAILED, reason=reason, **changes)
         ids = [m.id for m in moved]
         if not ids:
             return []
-        _close_open_attempts(ids, Outcome.TIMEOUT if reason != "expired" else Outcome.ERROR, error=reason)
+        _close_open_attempts(ids, attempt_outcome, error=reason)
         failed = Message.objects.filter(pk__in=ids).select_related("recipient")
         DeadLetter.objects.bulk_create(
             [DeadLetter(message=m, reason=reason[:500], payload=_snapshot(m)) for m in failed],
             ignore_conflicts=True,
         )
+    for pk in ids:
+        logger.warning("message.dead_lettered", extra={"message_id": str(pk), "reason": reason})
     return ids
 
 
@@ -469,7 +476,11 @@ def sweep_ack_timeouts(*, limit: int | None = None) -> int:
         )
         if retries_exhausted(count):
             handled += len(
-                messages_fail(still_due, reason=f"no ack after {count + 1} attempts ({timeout:g} s each)")
+                messages_fail(
+                    still_due,
+                    reason=f"no ack after {count + 1} attempts ({timeout:g} s each)",
+                    attempt_outcome=Outcome.TIMEOUT,
+                )
             )
             continue
         delay = retry_delay(count + 1, jitter=True)

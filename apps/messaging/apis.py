@@ -94,8 +94,9 @@ class MessageSendApi(APIView):
         if key is None:
             message, created = message_send(sender=request.user, **data), True
         else:
-            if not key.strip() or len(key) > 255:
-                raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 characters."]})
+            # Control characters (NUL above all, which PostgreSQL refuses) would be a 500 later.
+            if not key.strip() or len(key) > 255 or not key.isprintable():
+                raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 printable characters."]})
             message, created = message_send_idempotent(
                 sender=request.user, idempotency_key=key, body_hash=request_hash(data), **data
             )
@@ -143,7 +144,8 @@ class MessageDetailApi(APIView):
 
 
 def _dead_letter_or_404(request: Request, dead_letter_id: str) -> DeadLetter:
-    if not dead_letter_id.isdigit():
+    # isdigit() alone also accepts characters such as "²" that int() refuses.
+    if not (dead_letter_id.isascii() and dead_letter_id.isdigit()):
         raise NotFound("No dead letter with this id among yours.")
     return get_object_or_404(dead_letters_visible_to(user=request.user), pk=int(dead_letter_id))
 
@@ -193,7 +195,9 @@ class DeadLetterBulkRequeueApi(APIView):
             child=serializers.IntegerField(min_value=1), min_length=1, max_length=1000
         )
 
-    @extend_schema(request=InputSerializer, responses={202: RequeuedSerializer})
+    @extend_schema(
+        request=InputSerializer, responses={202: RequeuedSerializer}, operation_id="dead_letters_bulk_requeue"
+    )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

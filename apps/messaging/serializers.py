@@ -1,5 +1,6 @@
 """Representations shared by the messaging endpoints (the input shapes live in apis.py)."""
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .models import DeadLetter, DeliveryAttempt, Message
@@ -42,6 +43,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "attachments",
         ]
 
+    @extend_schema_field(serializers.UUIDField(allow_null=True))
     def get_conversation_id(self, message: Message) -> None:
         return None
 

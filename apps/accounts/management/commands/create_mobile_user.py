@@ -1,6 +1,6 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 
 from apps.accounts.services import mobile_user_create, token_create
 
@@ -14,7 +14,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         try:
-            mobile = mobile_user_create(phone_number=options["phone_number"], name=options["name"])
+            # A savepoint, so the duplicate's IntegrityError does not break a caller's transaction.
+            with transaction.atomic():
+                mobile = mobile_user_create(phone_number=options["phone_number"], name=options["name"])
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from exc
         except IntegrityError as exc:

@@ -14,3 +14,6 @@ urlpatterns = [
     path("health/ready", ops.ready, name="health-ready"),
     path("metrics", ops.metrics, name="metrics"),
 ]
+
+handler404 = "apps.ops.apis.not_found"
+handler500 = "apps.ops.apis.server_error"

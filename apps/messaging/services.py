@@ -111,7 +111,9 @@ def message_send(
 
 def request_hash(payload: dict) -> str:
     """Return a stable hash of a request body, for Idempotency-Key comparison."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    # An explicit null means the same as an absent field.
+    present = {k: v for k, v in payload.items() if v is not None}
+    canonical = json.dumps(present, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -44,3 +44,12 @@ def metrics(request: HttpRequest) -> HttpResponse:
         DeadLetter.objects.count()
     )
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """Answer unknown paths in JSON, like the rest of the API."""
+    return JsonResponse({"detail": f"Not found: {request.path}"}, status=404)
+
+
+def server_error(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"detail": "Internal server error."}, status=500)

@@ -25,7 +25,7 @@ def check_redis() -> None:
 
 def check_broker() -> None:
     with celery_app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
 
 
 def check_channel_layer() -> None:

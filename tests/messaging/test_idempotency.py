@@ -165,3 +165,9 @@ def test_replays_create_exactly_one_message_per_distinct_key(replays, sender, mo
         assert set(Message.objects.values_list("pk", flat=True)) == set(message_for.values())
         assert MobileUser.objects.get(pk=mobile_user.pk).last_seq == len(first_body)
         transaction.set_rollback(True)
+
+
+def test_explicit_null_and_absent_field_hash_the_same_but_values_differ():
+    base = {"recipient_phone_number": "+14155550100", "content": "hi"}
+    assert services.request_hash({**base, "ttl_seconds": None}) == services.request_hash(base)
+    assert services.request_hash({**base, "ttl_seconds": 60}) != services.request_hash(base)

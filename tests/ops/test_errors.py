@@ -184,3 +184,10 @@ def test_arbitrary_json_bodies_never_cause_a_500_and_refusals_store_nothing(
     assert response.status_code in (202, 400, 404), response.content
     assert response.json()["detail"] if response.status_code != 202 else response.json()["id"]
     assert Message.objects.count() == before + (response.status_code == 202)
+
+
+def test_unknown_api_path_answers_json_404(anonymous_client, db):
+    response = anonymous_client.get("/api/v1/no-such-thing/")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json()["detail"].startswith("Not found")

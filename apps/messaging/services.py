@@ -21,6 +21,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser, User
+from apps.media.services import media_attach
 from apps.ops.logging import get_correlation_id
 from apps.realtime import bridge, presence
 from apps.realtime.frames import message_payload
@@ -74,8 +75,13 @@ def message_send(
     content_type: str = "text",
     priority: str = Priority.NORMAL,
     ttl_seconds: int | None = None,
+    attachment_ids: Iterable[uuid.UUID] = (),
 ) -> Message:
-    """Persist a one-way message with the recipient's next `seq`; dispatch it after commit."""
+    """Persist a one-way message with the recipient's next `seq`; dispatch it after commit.
+
+    `attachment_ids` name the sender's unattached uploads (already stored, so the message
+    can go at once); MediaNotFound if one is not, and nothing is stored then.
+    """
     with transaction.atomic():
         # The conditional increment locks the recipient's row until commit, so concurrent
         # sends to one recipient take consecutive numbers and a rollback leaves no gap.
@@ -103,6 +109,7 @@ def message_send(
             expires_at=now + timedelta(seconds=ttl_seconds) if ttl_seconds else None,
             correlation_id=get_correlation_id(),
         )
+        media_attach(message=message, uploader=sender, media_ids=list(attachment_ids))
         rows = [(message.pk, message.priority)]
         transaction.on_commit(lambda: messages_dispatch(rows))
     logger.info("message.accepted", extra={"message_id": str(message.pk), "seq": seq})
@@ -194,7 +201,12 @@ def messages_dispatch(rows: Iterable[tuple[uuid.UUID, str]], *, countdown: float
 
 def message_deliver(*, message_id: str | uuid.UUID) -> str:
     """Try to deliver one message now; return what happened (for logs and tests)."""
-    message = Message.objects.select_related("sender", "recipient").filter(pk=message_id).first()
+    message = (
+        Message.objects.select_related("sender", "recipient")
+        .prefetch_related("attachments")
+        .filter(pk=message_id)
+        .first()
+    )
     if message is None or message.status not in (Status.QUEUED, Status.PENDING):
         return "skipped"
     now = timezone.now()
@@ -262,17 +274,31 @@ def recipient_deliver_backlog(*, recipient_id: int) -> int:
 
 
 def _write(recipient_id: int, messages: list[Message]) -> None:
-    """Send `messages` as frames to every connection of the recipient, then mark them sent.
+    """Mark `messages` sent, then send them as frames to every connection of the recipient.
 
-    The frame goes first: if the channel layer is down this raises and the caller retries,
-    with the status unchanged. An ack that overtakes the bookkeeping below simply wins.
+    The bookkeeping comes first so that the device's ack, however fast, always finds the
+    message `sent` with its attempt recorded. If the channel layer is unreachable the
+    messages go back to `pending` and the error propagates, so the caller's task retries.
     """
-    payloads = [message_payload(m) for m in messages]
-    bridge.group_send(
-        bridge.mobile_group(recipient_id),
-        {"type": "deliver.messages", "messages": payloads, "correlation_id": get_correlation_id()},
-    )
-    messages_mark_sent([m.pk for m in messages])
+    moved = messages_mark_sent([m.pk for m in messages])
+    payloads = [message_payload(m) for m in messages if m.pk in moved]
+    if not payloads:
+        return
+    try:
+        bridge.group_send(
+            bridge.mobile_group(recipient_id),
+            {"type": "deliver.messages", "messages": payloads, "correlation_id": get_correlation_id()},
+        )
+    except Exception as exc:
+        with transaction.atomic():
+            back = lifecycle.transition(
+                Message.objects.filter(pk__in=moved, status=Status.SENT),
+                to=Status.PENDING,
+                reason="channel layer unreachable",
+                next_attempt_at=None,
+            )
+            _close_open_attempts([m.id for m in back], Outcome.ERROR, error=f"channel layer: {exc!r}"[:500])
+        raise
 
 
 def messages_mark_sent(message_ids: list[uuid.UUID]) -> set[uuid.UUID]:

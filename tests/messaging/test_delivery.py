@@ -366,3 +366,42 @@ def test_strict_mode_backlog_sends_one_at_a_time(strict, sender, mobile_user, re
 
     assert sent_order == [str(m.pk) for m in messages]
     assert set(Message.objects.values_list("status", flat=True)) == {Status.DELIVERED}
+
+
+def test_channel_layer_down_returns_message_to_pending_and_raises_for_retry(
+    sender, mobile_user, online, monkeypatch
+):
+    message = _send(sender, mobile_user)
+
+    def unreachable(group, event):
+        raise ConnectionError("channel layer down")
+
+    monkeypatch.setattr(bridge, "group_send", unreachable)
+    with pytest.raises(ConnectionError):
+        services.message_deliver(message_id=message.pk)
+
+    message.refresh_from_db()
+    assert message.status == Status.PENDING
+    assert message.next_attempt_at is None  # due again as soon as the task retries
+    assert _attempts(message) == [(Channel.WEBSOCKET, Outcome.ERROR)]
+    assert DeadLetter.objects.count() == 0
+
+
+def test_ack_arriving_before_the_task_returns_finds_the_attempt_recorded(
+    sender, mobile_user, online, monkeypatch
+):
+    """The device may ack while group_send is still returning: the bookkeeping is already there."""
+    message = _send(sender, mobile_user)
+    real_send = bridge.group_send
+
+    def send_then_ack(group, event):
+        real_send(group, event)
+        services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[str(message.pk)])
+
+    monkeypatch.setattr(bridge, "group_send", send_then_ack)
+    assert services.message_deliver(message_id=message.pk) == "sent"
+
+    message.refresh_from_db()
+    assert message.status == Status.DELIVERED
+    assert message.sent_at is not None and message.sent_at <= message.delivered_at
+    assert _attempts(message) == [(Channel.WEBSOCKET, Outcome.ACKED)]

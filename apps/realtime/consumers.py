@@ -45,6 +45,9 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         await self._beat()
         await self._catch_up()
+        # Events queued during the catch-up are handled before this marker; after it, a frame
+        # for a caught-up id is a genuine redelivery (ack timeout, stale sweep), not a duplicate.
+        await self.channel_layer.send(self.channel_name, {"type": "catchup.done"})
 
     async def disconnect(self, code: int) -> None:
         if not hasattr(self, "group"):
@@ -87,7 +90,7 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
             return
         try:
             content = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting raises RecursionError, not ValueError
             await self._error("invalid_json", "The frame is not valid JSON.")
             return
         await self.receive_json(content)
@@ -124,6 +127,9 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "error", "code": code, "detail": detail})
 
     # --- events from the channel layer ------------------------------------------------------
+
+    async def catchup_done(self, event: dict) -> None:
+        self.catchup_ids.clear()
 
     async def deliver_messages(self, event: dict) -> None:
         with correlation_context(event.get("correlation_id", "")):

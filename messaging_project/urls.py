@@ -2,12 +2,16 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from apps.media import apis as media
 from apps.ops import apis as ops
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("apps.messaging.urls")),
     path("api/v1/", include("apps.accounts.urls")),
+    path("api/v1/", include("apps.media.urls")),
+    path("api/v1/", include("apps.devices.urls")),
+    path("media/d/<str:token>/", media.download, name="media-download"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("health/live", ops.live, name="health-live"),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import factory
-from django.db.models import F
 from django.contrib.auth.models import Permission
+from django.db.models import F
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser, User

@@ -62,9 +62,8 @@ class OneWayMessageInputSerializer(serializers.Serializer):
         return _phone(value)
 
     def validate_attachment_ids(self, value: list) -> list:
-        if value:
-            # No upload endpoint exists yet, so no id can name a stored attachment.
-            raise serializers.ValidationError("Unknown attachment id(s).")
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("Each attachment id may appear only once.")
         return value
 
     def validate(self, data: dict) -> dict:
@@ -72,7 +71,10 @@ class OneWayMessageInputSerializer(serializers.Serializer):
             data["content"] = normalize_content(data["content"], data["content_type"])
         except DjangoValidationError as exc:
             raise serializers.ValidationError({"content": exc.messages}) from exc
-        data.pop("attachment_ids", None)
+        # Absent and empty mean the same (and hash the same for Idempotency-Key); whether the
+        # ids name the sender's own unattached media is checked by message_send, under lock.
+        if not data.get("attachment_ids"):
+            data.pop("attachment_ids", None)
         return data
 
 

@@ -17,6 +17,16 @@ class RecipientNotFound(MessagingError):
     default_detail = "No active mobile user has this phone number."
 
 
+class MediaNotFound(MessagingError):
+    status_code = status.HTTP_404_NOT_FOUND
+    default_detail = "No unattached media of yours has this id."
+
+
+class MediaNotAttachable(MessagingError):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "This media failed processing and cannot be attached."
+
+
 class IdempotencyKeyMismatch(MessagingError):
     status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
     default_detail = "This Idempotency-Key was already used with a different request body."

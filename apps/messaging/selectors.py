@@ -35,7 +35,12 @@ def message_list_for_sender(
     created_before: datetime | None = None,
 ) -> QuerySet[Message]:
     """Return the sender's messages, newest first, filtered."""
-    qs = Message.objects.filter(sender=sender).select_related("recipient").order_by("-created_at", "-pk")
+    qs = (
+        Message.objects.filter(sender=sender)
+        .select_related("recipient")
+        .prefetch_related("attachments")
+        .order_by("-created_at", "-pk")
+    )
     if status:
         qs = qs.filter(status=status)
     if recipient_phone:
@@ -57,7 +62,9 @@ def message_get_for_sender(*, sender: User, message_id: object) -> Message | Non
     return (
         Message.objects.filter(sender=sender, pk=pk)
         .select_related("recipient")
-        .prefetch_related(Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("at", "id")))
+        .prefetch_related(
+            Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("at", "id")), "attachments"
+        )
         .first()
     )
 
@@ -69,6 +76,7 @@ def undelivered_for_recipient(*, recipient_id: int, after_seq: int = 0) -> Query
         Message.objects.filter(recipient_id=recipient_id, status__in=UNDELIVERED, seq__gt=after_seq)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         .select_related("sender")
+        .prefetch_related("attachments")
         .order_by("seq")
     )
 

@@ -3,6 +3,8 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from apps.media.serializers import AttachmentSerializer, attachment_payload
+
 from .models import DeadLetter, DeliveryAttempt, Message
 
 
@@ -47,8 +49,10 @@ class MessageSerializer(serializers.ModelSerializer):
     def get_conversation_id(self, message: Message) -> None:
         return None
 
-    def get_attachments(self, message: Message) -> list:
-        return []
+    @extend_schema_field(AttachmentSerializer(many=True))
+    def get_attachments(self, message: Message) -> list[dict]:
+        # Fresh signed URLs on every read; selectors prefetch `attachments`.
+        return [attachment_payload(media) for media in message.attachments.all()]
 
 
 class MessageDetailSerializer(MessageSerializer):

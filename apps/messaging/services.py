@@ -21,6 +21,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser, User
+from apps.devices.services import push_schedule
 from apps.media.services import media_attach
 from apps.ops.logging import get_correlation_id
 from apps.realtime import bridge, presence
@@ -240,6 +241,7 @@ def message_deliver(*, message_id: str | uuid.UUID) -> str:
             )
             if moved:
                 _record_attempts([message.pk], Outcome.OFFLINE, now=now, error="recipient offline")
+                transaction.on_commit(lambda: push_schedule(recipient_id=message.recipient_id))
         return "offline"
     _write(message.recipient_id, [message])
     return "sent"

@@ -42,8 +42,9 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
         # Join the group before announcing presence: a worker that sees us online must find
         # us in the group. Anything it sends during catch-up waits in the channel layer.
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
         await self._beat()
+        # Accepted only once presence is recorded: a client that sees the socket open is online.
+        await self.accept()
         await self._catch_up()
         # Events queued during the catch-up are handled before this marker; after it, a frame
         # for a caught-up id is a genuine redelivery (ack timeout, stale sweep), not a duplicate.

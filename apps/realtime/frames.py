@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from apps.media.serializers import attachment_payload
 from apps.messaging.models import Message
 
 
 def message_payload(message: Message) -> dict:
-    """Return the M object of a `message` frame. `message.sender` must be loaded."""
+    """Return the M object of a `message` frame.
+
+    `message.sender` must be loaded and `message.attachments` prefetched (the selectors do);
+    each attachment gets freshly signed URLs.
+    """
     sender = message.sender
     return {
         "id": str(message.id),
@@ -19,7 +24,7 @@ def message_payload(message: Message) -> dict:
         "content_type": message.content_type,
         "priority": message.priority,
         "created_at": message.created_at.isoformat().replace("+00:00", "Z"),
-        "attachments": [],
+        "attachments": [attachment_payload(media) for media in message.attachments.all()],
     }
 
 

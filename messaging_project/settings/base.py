@@ -28,6 +28,8 @@ INSTALLED_APPS = [
     "apps.messaging",
     "apps.realtime",
     "apps.ops",
+    "apps.media",
+    "apps.devices",
 ]
 
 MIDDLEWARE = [
@@ -117,11 +119,22 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
+# channels-redis receives with a 5 s blocking BZPOPMIN, and redis-py (8.x) reads with a 5 s
+# socket timeout by default: that race times out the receive loop of every WebSocket idle for
+# 5 s, and daphne then closes it (1011). The read timeout must outlast the blocking pop.
+CHANNEL_LAYER_SOCKET_TIMEOUT = 15
+
+
+def channel_layer_hosts(redis_url: str) -> list[dict]:
+    """Return the channel layer's `hosts` for `redis_url`, with a safe read timeout."""
+    return [{"address": redis_url, "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT}]
+
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            "hosts": channel_layer_hosts(REDIS_URL),
             # A group send to a full channel is dropped silently; keep the buffer generous so
             # bursts and catch-ups do not lose frames (an unacked frame is retried anyway).
             "capacity": env.int("CHANNEL_LAYER_CAPACITY", default=20000),
@@ -173,9 +186,85 @@ if MESSAGING_ORDERING not in ("best_effort", "strict"):
         f"MESSAGING_ORDERING must be best_effort or strict, not {MESSAGING_ORDERING!r}"
     )
 
-# --- Storage and push (used by the media and push apps) ----------------------------------
+# --- Storage (used by the media app) -------------------------------------------------------
 STORAGE_BACKEND = env("STORAGE_BACKEND", default="filesystem")
+
+# --- Push (SPEC.md section 5; apps/devices) ------------------------------------------------
+# `log` writes what it would send; `live` sends through FCM (Android) and APNS (iOS).
 PUSH_BACKEND = env("PUSH_BACKEND", default="log")
+if PUSH_BACKEND not in ("log", "live"):
+    raise environ.ImproperlyConfigured(f"PUSH_BACKEND must be log or live, not {PUSH_BACKEND!r}")
+# FCM: a service-account JSON; the endpoint is Google's unless pointed at a test server.
+FCM_CREDENTIALS_FILE = env("FCM_CREDENTIALS_FILE", default="")
+FCM_ENDPOINT_URL = env("FCM_ENDPOINT_URL", default="https://fcm.googleapis.com")
+# APNS: token-based auth (.p8 key). APNS_ENDPOINT is host:port, empty for Apple's (sandbox or
+# production); APNS_CA_FILE trusts a private CA instead of the system's.
+APNS_KEY_FILE = env("APNS_KEY_FILE", default="")
+APNS_KEY_ID = env("APNS_KEY_ID", default="")
+APNS_TEAM_ID = env("APNS_TEAM_ID", default="")
+APNS_TOPIC = env("APNS_TOPIC", default="")
+APNS_USE_SANDBOX = env.bool("APNS_USE_SANDBOX", default=False)
+APNS_ENDPOINT = env("APNS_ENDPOINT", default="")
+APNS_CA_FILE = env("APNS_CA_FILE", default="")
+if PUSH_BACKEND == "live" and not (FCM_CREDENTIALS_FILE or APNS_KEY_FILE):
+    raise environ.ImproperlyConfigured("PUSH_BACKEND=live needs FCM_CREDENTIALS_FILE or APNS_KEY_FILE")
+# At most one push per recipient per window, carrying the newest message and the count.
+PUSH_COALESCE_SECONDS = env.float("PUSH_COALESCE_SECONDS", default=10)
+PUSH_SEND_TIMEOUT_SECONDS = env.float("PUSH_SEND_TIMEOUT_SECONDS", default=10)
+# How often held pushes (quiet hours, push off) are looked at for release.
+PUSH_HOLD_SWEEP_SECONDS = env.float("PUSH_HOLD_SWEEP_SECONDS", default=60)
+
+# --- Media (SPEC.md section 3; apps/media) ------------------------------------------------
+# Uploads are stored through the default storage: files under MEDIA_ROOT, downloaded through
+# the app's signed-link view, or an S3 bucket (django-storages' AWS_* names), downloaded
+# through presigned URLs. Either kind of URL is valid for MEDIA_URL_EXPIRE_SECONDS.
+MEDIA_ROOT = env("MEDIA_ROOT", default=str(BASE_DIR / "media"))
+MEDIA_URL = "/media/"
+MEDIA_URL_EXPIRE_SECONDS = 3600
+# Prefix of the filesystem backend's download links (e.g. https://api.example.com); empty
+# gives links relative to the API's host.
+MEDIA_DOWNLOAD_BASE_URL = env("MEDIA_DOWNLOAD_BASE_URL", default="")
+if STORAGE_BACKEND == "filesystem":
+    # Thumbnail keys are derived from the upload's, so a re-run of the task must overwrite.
+    STORAGES["default"] = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"allow_overwrite": True},
+    }
+elif STORAGE_BACKEND == "s3":
+    STORAGES["default"] = {"BACKEND": "storages.backends.s3.S3Storage"}
+    AWS_STORAGE_BUCKET_NAME = env("AWS_STORAGE_BUCKET_NAME", default="")
+    if not AWS_STORAGE_BUCKET_NAME:
+        raise environ.ImproperlyConfigured("STORAGE_BACKEND=s3 needs AWS_STORAGE_BUCKET_NAME")
+    AWS_S3_ENDPOINT_URL = env("AWS_S3_ENDPOINT_URL", default=None)
+    AWS_S3_REGION_NAME = env("AWS_S3_REGION_NAME", default=None)
+    # Unset: boto3's own credential chain (instance role, ~/.aws, ...).
+    AWS_ACCESS_KEY_ID = env("AWS_ACCESS_KEY_ID", default=None)
+    AWS_SECRET_ACCESS_KEY = env("AWS_SECRET_ACCESS_KEY", default=None)
+    AWS_S3_ADDRESSING_STYLE = env("AWS_S3_ADDRESSING_STYLE", default=None)
+    AWS_S3_SIGNATURE_VERSION = "s3v4"
+    AWS_QUERYSTRING_AUTH = True
+    AWS_QUERYSTRING_EXPIRE = env.int("AWS_QUERYSTRING_EXPIRE", default=MEDIA_URL_EXPIRE_SECONDS)
+    AWS_DEFAULT_ACL = None
+    MEDIA_URL_EXPIRE_SECONDS = AWS_QUERYSTRING_EXPIRE
+else:
+    raise environ.ImproperlyConfigured(f"STORAGE_BACKEND must be filesystem or s3, not {STORAGE_BACKEND!r}")
+_MB = 1024 * 1024
+MEDIA_SIZE_LIMITS = {"image": 10 * _MB, "video": 50 * _MB, "audio": 20 * _MB, "document": 5 * _MB}
+# Pixels of one image frame (well below Pillow's ~89 MP default), and frames of an animation.
+MEDIA_IMAGE_MAX_PIXELS = env.int("MEDIA_IMAGE_MAX_PIXELS", default=24_000_000)
+MEDIA_IMAGE_MAX_FRAMES = env.int("MEDIA_IMAGE_MAX_FRAMES", default=500)
+MEDIA_UPLOADS_PER_MINUTE = env.int("MEDIA_UPLOADS_PER_MINUTE", default=10)
+MEDIA_UNATTACHED_TTL_HOURS = env.float("MEDIA_UNATTACHED_TTL_HOURS", default=24)
+MEDIA_SWEEP_SECONDS = env.float("MEDIA_SWEEP_SECONDS", default=600)
+MEDIA_PROCESSING_GRACE_SECONDS = env.float("MEDIA_PROCESSING_GRACE_SECONDS", default=300)
+MEDIA_CLEANUP_BATCH = env.int("MEDIA_CLEANUP_BATCH", default=500)
+# Request bodies above this are spooled to disk rather than held in memory (uploads always go
+# to a temporary file: apps/media/uploads.py).
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1 * _MB
+# Media and messages both have a `status` enum: name each in the OpenAPI schema.
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
+    StatusEnum="apps.messaging.models.Status", MediaStatusEnum="apps.media.models.MediaStatus"
+)
 
 # --- Logging: JSON lines with the correlation id ------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
@@ -239,5 +328,17 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.messaging.tasks.purge_idempotency_keys",
         "schedule": 3600,
         "options": {"queue": "low", "expires": 3000},
+    },
+    # Push: send the pushes held by quiet hours once the window is over.
+    "push-holds": {
+        "task": "apps.devices.tasks.release_push_holds",
+        "schedule": PUSH_HOLD_SWEEP_SECONDS,
+        "options": {"queue": "default", "expires": PUSH_HOLD_SWEEP_SECONDS},
+    },
+    # Media: remove uploads unattached for 24 h, re-dispatch lost thumbnail work.
+    "media": {
+        "task": "apps.media.tasks.sweep_media",
+        "schedule": MEDIA_SWEEP_SECONDS,
+        "options": {"queue": "low", "expires": MEDIA_SWEEP_SECONDS},
     },
 }

@@ -14,4 +14,4 @@ LOGGING["root"]["level"] = env("LOG_LEVEL", default="WARNING")  # noqa: F405
 # Redis database 15 by default, so tests never touch a local run's data (database 0).
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/15")
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
-CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [REDIS_URL]  # noqa: F405
+CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = channel_layer_hosts(REDIS_URL)  # noqa: F405

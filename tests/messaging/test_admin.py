@@ -33,7 +33,10 @@ def make_dead_letter(*, reason: str = "no ack after 7 attempts (30 s each)", **m
     message_fields.setdefault("retry_count", 6)
     message = MessageFactory(status=Status.QUEUED, **message_fields)
     services.messages_mark_sent([message.pk])
-    assert services.messages_fail(Message.objects.filter(pk=message.pk), reason=reason) == [message.pk]
+    failed = services.messages_fail(
+        Message.objects.filter(pk=message.pk), reason=reason, attempt_outcome=Outcome.TIMEOUT
+    )
+    assert failed == [message.pk]
     return DeadLetter.objects.get(message=message)
 
 

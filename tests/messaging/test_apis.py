@@ -169,7 +169,6 @@ INVALID = {
     "text_ttl": ({"ttl_seconds": "soon"}, "ttl_seconds"),
     "six_attachments": ({"attachment_ids": [str(uuid.uuid4()) for _ in range(6)]}, "attachment_ids"),
     "non_uuid_attachment": ({"attachment_ids": ["not-a-uuid"]}, "attachment_ids"),
-    "unknown_attachment": ({"attachment_ids": [str(uuid.uuid4())]}, "attachment_ids"),
 }
 
 

@@ -393,7 +393,10 @@ def _enqueue_backlog(recipient_id: int) -> None:
 
 
 def messages_release_unacked(*, recipient_ids: Iterable[int], reason: str) -> list[uuid.UUID]:
-    """Move recipients' `sent` messages back to `pending` (their connections are gone)."""
+    """Move recipients' `sent` messages back to `pending` (their connections are gone).
+
+    The recipients are offline now, so each one with a released message gets a wake-up push.
+    """
     with transaction.atomic():
         moved = lifecycle.transition(
             Message.objects.filter(recipient_id__in=list(recipient_ids), status=Status.SENT),
@@ -404,6 +407,9 @@ def messages_release_unacked(*, recipient_ids: Iterable[int], reason: str) -> li
         ids = [m.id for m in moved]
         if ids:
             _close_open_attempts(ids, Outcome.OFFLINE, error=reason)
+            released_to = set(Message.objects.filter(pk__in=ids).values_list("recipient_id", flat=True))
+            for recipient_id in released_to:
+                transaction.on_commit(lambda rid=recipient_id: push_schedule(recipient_id=rid))
     return ids
 
 

@@ -307,3 +307,29 @@ def test_a_recipient_without_active_devices_gets_no_push_and_no_attempt(
 
     assert push.push_window_close(recipient_id=recipient.pk) == "no_devices"
     assert push_attempts(message) == []
+
+
+def test_connection_lost_with_unacked_messages_opens_a_push_window(
+    providers, sender, recipient, devices, redis, django_capture_on_commit_callbacks
+):
+    """Messages written to a socket that then died go back to pending: the phone is woken up."""
+    message = services.message_send(
+        sender=sender, recipient_phone_number=recipient.phone_number, content="hi"
+    )
+    services.messages_mark_sent([message.pk])
+    assert queued_tasks(redis, WINDOW_TASK) == []
+
+    with django_capture_on_commit_callbacks(execute=True):
+        released = services.messages_release_unacked(recipient_ids=[recipient.pk], reason="connection closed")
+
+    assert released == [message.pk]
+    [window] = queued_tasks(redis, WINDOW_TASK)
+    assert window.args == [recipient.pk]
+    assert push.push_window_close(recipient_id=recipient.pk) == "sent"
+    assert len(providers.fcm.to(ANDROID)) == len(providers.apns.to(IOS)) == 1
+
+
+def test_releasing_nothing_opens_no_push_window(recipient, redis, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.messages_release_unacked(recipient_ids=[recipient.pk], reason="stale") == []
+    assert queued_tasks(redis, WINDOW_TASK) == []

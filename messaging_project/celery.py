@@ -25,8 +25,9 @@ def _restore_unacked_tolerating_lost_connection(
     When the broker connection is lost, kombu 5.7's Redis channel drops its connection pool and
     then, restoring unacked messages, cannot rebuild it (AttributeError on the closed
     connection's `hostname`): the worker exits ("Unrecoverable error") instead of reconnecting
-    whenever it holds a reserved task or a retry's countdown. Those messages stay in the broker's unacked index (restored after the
-    visibility timeout), and the sweeps re-dispatch whatever they were for.
+    whenever it holds a reserved task or a retry's countdown. Those messages stay in the
+    broker's unacked index (restored after the visibility timeout), and the sweeps re-dispatch
+    whatever they were for.
     """
     try:
         return _restore(self, client)

@@ -42,6 +42,8 @@ def mobile_user_create(*, phone_number: str, name: str = "") -> MobileUser:
 def token_create(*, owner: User | MobileUser) -> str:
     """Create an API token for `owner` and return its key (shown once, stored hashed)."""
     key = secrets.token_urlsafe(32)
+    while key.startswith("-"):  # keys get pasted into command lines, where "-" starts an option
+        key = secrets.token_urlsafe(32)
     ApiToken.objects.create(
         digest=ApiToken.digest_of(key),
         prefix=key[:8],

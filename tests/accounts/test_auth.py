@@ -154,3 +154,13 @@ def test_ticket_needs_authentication(anonymous_client, redis):
     assert response.status_code == 401
     assert response.json()["detail"]
     assert redis.keys(TICKET_PREFIX + "*") == []
+
+
+def test_token_keys_never_start_with_a_dash(sender, monkeypatch):
+    """A key like "-abc" would be read as an option by command-line tools (ws_listen.py)."""
+    import secrets
+
+    keys = iter(["-first-try-is-an-option", "second-try-is-fine"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(keys))
+
+    assert token_create(owner=sender) == "second-try-is-fine"

@@ -181,3 +181,18 @@ def test_terminal_or_advanced_target_is_not_left_by_a_late_worker(target, sender
     assert lifecycle.transition_one(message.pk, to=S) is False
     assert lifecycle.transition_one(message.pk, to=P) is False
     assert Message.objects.get(pk=message.pk).status == target
+
+
+def test_every_transition_is_logged_once_with_its_source_target_and_reason(sender, mobile_user, caplog):
+    queued = MessageFactory(sender=sender, recipient=mobile_user, status=Status.QUEUED)
+    read = MessageFactory(sender=sender, recipient=mobile_user, status=Status.READ)
+
+    with caplog.at_level("INFO", logger="apps.messaging.lifecycle"):
+        lifecycle.transition(
+            Message.objects.filter(pk__in=[queued.pk, read.pk]), to=Status.FAILED, reason="expired"
+        )
+
+    records = [r for r in caplog.records if r.getMessage() == "message.status"]
+    assert [(r.message_id, r.__dict__["from"], r.to, r.reason) for r in records] == [
+        (str(queued.pk), Status.QUEUED, Status.FAILED, "expired")
+    ]  # the refused move of the read message logs nothing

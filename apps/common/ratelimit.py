@@ -58,6 +58,8 @@ class Decision:
     remaining: int
     retry_after: float
     """Seconds until the refused hit would fit (0 when allowed)."""
+    at_ms: int = 0
+    """When the decision was taken, on Redis's clock (0 when unknown)."""
 
     @property
     def retry_after_header(self) -> str:
@@ -97,3 +99,79 @@ class SlidingWindowLimiter:
             )
             return Decision(allowed=True, remaining=self.limit, retry_after=0.0)
         return Decision(allowed=bool(allowed), remaining=int(remaining), retry_after=int(retry_ms) / 1000)
+
+
+# KEYS: one sorted set per window. ARGV: now in ms (empty: Redis's clock), cost, a unique member
+# prefix, then (window ms, limit) per key. The hits are recorded in every window or in none.
+# Returns {allowed (0|1), remaining (the smallest), retry_after_ms (the largest), now}.
+_MULTI_WINDOW = """
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local cost = tonumber(ARGV[2])
+local remaining = nil
+local retry = 0
+for i = 1, #KEYS do
+  local window = tonumber(ARGV[2 + 2 * i])
+  local limit = tonumber(ARGV[3 + 2 * i])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+  local count = redis.call('ZCARD', KEYS[i])
+  if remaining == nil or limit - count < remaining then remaining = limit - count end
+  if count + cost > limit then
+    local wait = window
+    if cost <= limit then
+      local idx = count + cost - limit - 1
+      local oldest = redis.call('ZRANGE', KEYS[i], idx, idx, 'WITHSCORES')
+      wait = math.max(1, tonumber(oldest[2]) + window - now)
+    end
+    if wait > retry then retry = wait end
+  end
+end
+if retry > 0 then return {0, remaining, retry, now} end
+for i = 1, #KEYS do
+  for j = 1, cost do
+    redis.call('ZADD', KEYS[i], now, ARGV[3] .. ':' .. j)
+  end
+  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2 + 2 * i]))
+end
+return {1, remaining - cost, 0, now}
+"""
+
+
+class MultiWindowLimiter:
+    """Several sliding windows at once (e.g. 100 a minute and 1,000 an hour), all or nothing.
+
+    A hit is admitted only if it fits in every window, and then counts in every window: a hit
+    refused by the hourly limit does not use up the minute's allowance, and vice versa.
+    """
+
+    def __init__(self, *, name: str, windows: list[tuple[int, float]]) -> None:
+        """`windows` are (limit, window_seconds) pairs."""
+        self.name = name
+        self.windows = [(limit, int(seconds * 1000)) for limit, seconds in windows]
+
+    def keys(self, identity: str) -> list[str]:
+        return [f"ratelimit:{self.name}:{window_ms}:{identity}" for _, window_ms in self.windows]
+
+    def hit(self, identity: str, *, cost: int = 1, now_ms: int | None = None) -> Decision:
+        """Record `cost` hits for `identity` if they fit in every window; return the decision."""
+        args: list[object] = ["" if now_ms is None else now_ms, cost, uuid.uuid4().hex]
+        for limit, window_ms in self.windows:
+            args += [window_ms, limit]
+        try:
+            script = redis_client().register_script(_MULTI_WINDOW)
+            allowed, remaining, retry_ms, at_ms = script(keys=self.keys(identity), args=args)
+        except RedisError as exc:
+            logger.warning(
+                "ratelimit.unavailable",
+                extra={"limiter": self.name, "identity": identity, "error": repr(exc)},
+            )
+            return Decision(allowed=True, remaining=min(limit for limit, _ in self.windows), retry_after=0.0)
+        return Decision(
+            allowed=bool(allowed),
+            remaining=int(remaining),
+            retry_after=int(retry_ms) / 1000,
+            at_ms=int(at_ms),
+        )

@@ -5,6 +5,7 @@ is not the caller's (or no longer attachable) is `apps.messaging.errors.MediaNot
 """
 
 from rest_framework import status
+from rest_framework.exceptions import APIException
 
 from apps.messaging.errors import MessagingError
 
@@ -30,3 +31,12 @@ class MediaTooLarge(MessagingError):
 class MediaAttached(MessagingError):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "This media is attached to a message and cannot be deleted."
+
+
+class StorageUnavailable(APIException):
+    """503 with Retry-After: the storage's circuit breaker is open."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "File storage is unavailable; retry later."
+    default_code = "storage_unavailable"
+    wait = 30

@@ -23,11 +23,12 @@ from django.db.models import Case, When
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser, User
+from apps.common.breaker import STORAGE, CircuitOpen, breaker
 from apps.common.ratelimit import Decision, SlidingWindowLimiter
 from apps.messaging.errors import MediaNotAttachable, MediaNotFound
 from apps.messaging.selectors import parse_uuid
 
-from .errors import MediaAttached, MediaTooLarge, UnsupportedMedia
+from .errors import MediaAttached, MediaTooLarge, StorageUnavailable, UnsupportedMedia
 from .images import DECODE_ERRORS, image_validate, thumbnails_render
 from .models import Media, MediaStatus, MediaType
 from .selectors import media_owned_by
@@ -95,7 +96,12 @@ def media_upload(*, uploader: User | MobileUser, upload: UploadedFile) -> Media:
     # S3 stores the object with this content type (otherwise it would take the client's).
     upload.content_type = kind.content_type
     upload.seek(0)
-    stored_key = storage().save(key, upload)
+    # While the store keeps failing its breaker refuses at once: 503, not a slow 500 per upload.
+    try:
+        with breaker(STORAGE).guard():
+            stored_key = storage().save(key, upload)
+    except CircuitOpen as exc:
+        raise StorageUnavailable() from exc
     is_image = kind.media_type == MediaType.IMAGE
     try:
         with transaction.atomic():

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.permissions import CanManageDeadLetters, CanSendMessage
+from apps.accounts.permissions import CanManageDeadLetters, CanSendMessage, sender_permission
 from apps.common.phone import normalize_phone
 
+from . import bulk
 from .content import normalize_content
+from .flow import sends_admit
 from .models import ContentType, DeadLetter, Kind, Priority, Status
 from .pagination import PagePagination
-from .selectors import dead_letters_visible_to, message_get_for_sender, message_list_for_sender
+from .selectors import (
+    broadcast_get_for_sender,
+    broadcast_progress,
+    dead_letters_visible_to,
+    message_get_for_sender,
+    message_list_for_sender,
+)
 from .serializers import (
     DeadLetterDetailSerializer,
     DeadLetterSerializer,
@@ -33,6 +41,7 @@ from .services import (
 )
 
 MAX_TTL_SECONDS = 30 * 24 * 3600
+CanSendBroadcast = sender_permission("send_broadcast")
 MAX_ATTACHMENTS = 5
 
 
@@ -92,6 +101,7 @@ class MessageSendApi(APIView):
         serializer = OneWayMessageInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        sends_admit(sender=request.user, count=1)
         key = request.headers.get("Idempotency-Key")
         if key is None:
             message, created = message_send(sender=request.user, **data), True
@@ -214,3 +224,166 @@ class DeadLetterBulkRequeueApi(APIView):
 
 class MessagesApi(MessageSendApi, MessageListApi):
     """`/messages/`: POST sends (MessageSendApi), GET lists (MessageListApi)."""
+
+
+# --- Volume: batch and broadcast ------------------------------------------------------------
+
+
+class BatchSendApi(APIView):
+    """Accept up to 1,000 one-way messages: all valid and stored in one transaction, or none."""
+
+    permission_classes = [CanSendMessage]
+
+    class BatchOutputSerializer(serializers.Serializer):
+        total = serializers.IntegerField()
+        ids = serializers.ListField(child=serializers.UUIDField())
+
+    @extend_schema(
+        request=inline_serializer(
+            "MessageBatch", fields={"messages": OneWayMessageInputSerializer(many=True)}
+        ),
+        responses={200: BatchOutputSerializer, 202: BatchOutputSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+    )
+    def post(self, request: Request) -> Response:
+        items = request.data.get("messages") if isinstance(request.data, dict) else None
+        if not isinstance(items, list) or not items:
+            raise ValidationError({"messages": ["Give a non-empty list of messages."]})
+        if len(items) > bulk.BATCH_MAX:
+            raise ValidationError({"messages": [f"At most {bulk.BATCH_MAX:,} messages per batch."]})
+        errors, valid = {}, []
+        for index, item in enumerate(items):
+            serializer = OneWayMessageInputSerializer(data=item)
+            if serializer.is_valid():
+                valid.append(dict(serializer.validated_data))
+            else:
+                errors[str(index)] = serializer.errors
+        if errors:
+            raise ValidationError({"messages": errors})
+        sends_admit(sender=request.user, count=len(valid))
+        key = request.headers.get("Idempotency-Key")
+        try:
+            if key is None:
+                ids, created = (
+                    [m.pk for m in bulk.messages_send_batch(sender=request.user, items=valid)],
+                    True,
+                )
+            else:
+                _check_idempotency_key(key)
+                ids, created = bulk.messages_send_batch_idempotent(
+                    sender=request.user,
+                    idempotency_key=key,
+                    body_hash=request_hash({"messages": valid}),
+                    items=valid,
+                )
+        except bulk.BatchInvalid as exc:
+            raise ValidationError({"messages": {str(i): e for i, e in exc.errors.items()}}) from exc
+        return Response(
+            {"total": len(ids), "ids": [str(pk) for pk in ids]},
+            status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+        )
+
+
+def _check_idempotency_key(key: str) -> None:
+    # As for a single send: control characters (NUL above all) would be a 500 later.
+    if not key.strip() or len(key) > 255 or not key.isprintable():
+        raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 printable characters."]})
+
+
+class BroadcastInputSerializer(serializers.Serializer):
+    recipient_phone_numbers = serializers.ListField(
+        child=serializers.CharField(max_length=32), required=False, min_length=1, max_length=100_000
+    )
+    all = serializers.BooleanField(required=False, default=False)
+    subject = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    content = serializers.CharField(max_length=10_000, trim_whitespace=False)
+    content_type = serializers.ChoiceField(choices=ContentType.choices, default=ContentType.TEXT)
+    priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
+    ttl_seconds = serializers.IntegerField(
+        min_value=1, max_value=MAX_TTL_SECONDS, required=False, allow_null=True
+    )
+    attachment_ids = serializers.ListField(child=serializers.UUIDField(), required=False, default=list)
+
+    def validate_recipient_phone_numbers(self, value: list[str]) -> list[str]:
+        return [_phone(v) for v in value]
+
+    def validate_attachment_ids(self, value: list) -> list:
+        # An upload belongs to one message; a broadcast would need a copy per recipient.
+        if value:
+            raise serializers.ValidationError("Broadcasts cannot carry attachments.")
+        return value
+
+    def validate(self, data: dict) -> dict:
+        if data["all"] == ("recipient_phone_numbers" in data):
+            raise serializers.ValidationError('Give either recipient_phone_numbers or "all": true.')
+        try:
+            data["content"] = normalize_content(data["content"], data["content_type"])
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError({"content": exc.messages}) from exc
+        data.pop("attachment_ids", None)
+        return data
+
+
+class BroadcastOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    total = serializers.IntegerField()
+
+
+class BroadcastCreateApi(APIView):
+    """Accept one content for many recipients; the messages are created by background tasks."""
+
+    permission_classes = [CanSendBroadcast]
+
+    @extend_schema(request=BroadcastInputSerializer, responses={202: BroadcastOutputSerializer})
+    def post(self, request: Request) -> Response:
+        serializer = BroadcastInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        data.pop("all")
+        recipient_ids, unknown = bulk.broadcast_audience(
+            recipient_phone_numbers=data.pop("recipient_phone_numbers", None)
+        )
+        if unknown:
+            raise ValidationError(
+                {
+                    "recipient_phone_numbers": [
+                        f"No active mobile user has the phone number(s) {', '.join(unknown[:20])}."
+                    ]
+                }
+            )
+        total = len(recipient_ids) if recipient_ids is not None else bulk.active_audience_size()
+        sends_admit(sender=request.user, count=max(total, 1))
+        broadcast = bulk.broadcast_create(sender=request.user, recipient_ids=recipient_ids, **data)
+        return Response({"id": str(broadcast.pk), "total": broadcast.total}, status=status.HTTP_202_ACCEPTED)
+
+
+class BroadcastDetailApi(APIView):
+    permission_classes = [CanSendBroadcast]
+
+    class BroadcastProgressSerializer(serializers.Serializer):
+        id = serializers.UUIDField()
+        status = serializers.CharField()
+        total = serializers.IntegerField()
+        expanded = serializers.IntegerField()
+        queued = serializers.IntegerField()
+        delivered = serializers.IntegerField()
+        failed = serializers.IntegerField()
+        priority = serializers.CharField()
+        created_at = serializers.DateTimeField()
+        expanded_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema(responses=BroadcastProgressSerializer)
+    def get(self, request: Request, broadcast_id: str) -> Response:
+        broadcast = broadcast_get_for_sender(sender=request.user, broadcast_id=broadcast_id)
+        if broadcast is None:
+            raise NotFound("No broadcast with this id among yours.")
+        data = {
+            "id": broadcast.pk,
+            "status": broadcast.status,
+            "total": broadcast.total,
+            "priority": broadcast.priority,
+            "created_at": broadcast.created_at,
+            "expanded_at": broadcast.expanded_at,
+            **broadcast_progress(broadcast=broadcast),
+        }
+        return Response(self.BroadcastProgressSerializer(data).data)

@@ -36,6 +36,55 @@ class Priority(models.TextChoices):
     HIGH = "high"
 
 
+class BroadcastStatus(models.TextChoices):
+    EXPANDING = "expanding"
+    EXPANDED = "expanded"
+
+
+class Broadcast(models.Model):
+    """One content sent to many mobile users, expanded into messages by chunked tasks.
+
+    `expanded_through` is the last recipient id expanded: each chunk claims the next ids with a
+    compare-and-set on it, in the transaction that stores the chunk's messages, so a re-run or
+    duplicated chunk task finds its range taken and creates nothing.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    sender = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="broadcasts")
+    subject = models.CharField(max_length=200, blank=True)
+    content = models.TextField()
+    content_type = models.CharField(max_length=8, choices=ContentType.choices, default=ContentType.TEXT)
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
+    ttl_seconds = models.PositiveIntegerField(null=True, blank=True)
+    all_users = models.BooleanField(default=False)
+    # The audience: the listed users, or (all_users) every active user up to this id, i.e.
+    # those that existed when the broadcast was accepted.
+    recipient_ids = models.JSONField(default=list, blank=True)
+    audience_max_id = models.BigIntegerField(null=True, blank=True)
+    total = models.PositiveIntegerField(help_text="Audience size when accepted.")
+    expanded = models.PositiveIntegerField(default=0, help_text="Messages created so far.")
+    expanded_through = models.BigIntegerField(default=0)
+    status = models.CharField(
+        max_length=12, choices=BroadcastStatus.choices, default=BroadcastStatus.EXPANDING
+    )
+    correlation_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    expanded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The sweep that restarts an expansion whose next-chunk task was lost.
+            models.Index(
+                fields=["updated_at"], condition=Q(status="expanding"), name="broadcast_expanding_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"broadcast {self.id} ({self.expanded}/{self.total}, {self.status})"
+
+
 class Message(models.Model):
     """A message to one mobile user. `status` is written only by `lifecycle.transition`."""
 
@@ -64,11 +113,21 @@ class Message(models.Model):
     ttl_seconds = models.PositiveIntegerField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     correlation_id = models.CharField(max_length=64, blank=True)
+    # Indexed by the unique constraint below (its leading column), not by a second index.
+    broadcast = models.ForeignKey(
+        Broadcast, null=True, blank=True, on_delete=models.PROTECT, related_name="messages", db_index=False
+    )
 
     class Meta:
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(fields=["recipient", "seq"], name="message_unique_recipient_seq"),
+            # A broadcast reaches each recipient once, whatever its tasks do.
+            models.UniqueConstraint(
+                fields=["broadcast", "recipient"],
+                condition=Q(broadcast__isnull=False),
+                name="message_unique_broadcast_recipient",
+            ),
         ]
         indexes = [
             # Catch-up and the pending sweep: a recipient's undelivered messages in seq order.
@@ -148,6 +207,8 @@ class IdempotencyKey(models.Model):
     key = models.CharField(max_length=255)
     request_hash = models.CharField(max_length=64)
     message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.CASCADE)
+    # A batch sent with the key: every id, in item order (`message` is the first of them).
+    batch_ids = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

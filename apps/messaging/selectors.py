@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from apps.accounts.models import User
 
-from .models import DeadLetter, DeliveryAttempt, Message, Status
+from .models import Broadcast, DeadLetter, DeliveryAttempt, Message, Status
 
 UNDELIVERED = (Status.QUEUED, Status.PENDING, Status.SENT)
 
@@ -106,3 +106,24 @@ def pending_recipients_due(*, limit: int) -> list[int]:
         .values_list("recipient_id", flat=True)
         .distinct()[:limit]
     )
+
+
+def broadcast_get_for_sender(*, sender: User, broadcast_id: object) -> Broadcast | None:
+    """Return the sender's broadcast with this id, or None (also for another sender's)."""
+    pk = parse_uuid(broadcast_id)
+    if pk is None:
+        return None
+    return Broadcast.objects.filter(sender=sender, pk=pk).first()
+
+
+def broadcast_progress(*, broadcast: Broadcast) -> dict[str, int]:
+    """Return the broadcast's message counts: expanded, queued (not yet delivered), delivered, failed."""
+    by_status = dict(
+        Message.objects.filter(broadcast=broadcast).order_by().values_list("status").annotate(n=Count("pk"))
+    )
+    return {
+        "expanded": broadcast.expanded,
+        "queued": sum(by_status.get(s, 0) for s in UNDELIVERED),
+        "delivered": by_status.get(Status.DELIVERED, 0) + by_status.get(Status.READ, 0),
+        "failed": by_status.get(Status.FAILED, 0),
+    }

@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apps.ops.logging import correlation_context
 
-from . import services
+from . import bulk, services
 
 logger = logging.getLogger(__name__)
 
@@ -83,3 +83,21 @@ def sweep_stale_connections() -> int:
 @shared_task(acks_late=True)
 def purge_idempotency_keys() -> int:
     return services.idempotency_keys_purge()
+
+
+@shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=8)
+def deliver_chunk(message_ids: list[str], correlation_id: str = "") -> dict:
+    with correlation_context(correlation_id):
+        report = bulk.messages_deliver_chunk(message_ids=message_ids)
+        logger.info("message.deliver_chunk", extra={"count": len(message_ids), "sent": report.sent})
+        return {"sent": report.sent, "offline": report.offline, "failed": report.failed}
+
+
+@shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=8)
+def expand_broadcast(broadcast_id: str, after: int) -> int | None:
+    return bulk.broadcast_expand_chunk(broadcast_id=broadcast_id, after=after)
+
+
+@shared_task(acks_late=True)
+def sweep_broadcasts() -> int:
+    return bulk.sweep_broadcasts()

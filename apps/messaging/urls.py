@@ -4,6 +4,11 @@ from . import apis
 
 urlpatterns = [
     path("messages/", apis.MessagesApi.as_view(), name="messages"),
+    path("messages/batch/", apis.BatchSendApi.as_view(), name="message-batch"),
+    path("messages/broadcast/", apis.BroadcastCreateApi.as_view(), name="broadcast-create"),
+    path(
+        "messages/broadcast/<str:broadcast_id>/", apis.BroadcastDetailApi.as_view(), name="broadcast-detail"
+    ),
     path("messages/<str:message_id>/", apis.MessageDetailApi.as_view(), name="message-detail"),
     path("dead-letters/", apis.DeadLetterListApi.as_view(), name="dead-letter-list"),
     path("dead-letters/requeue/", apis.DeadLetterBulkRequeueApi.as_view(), name="dead-letter-bulk-requeue"),

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 
 from apps.messaging.models import DeadLetter, Message, Status
 
-from .health import run_checks
+from .health import breaker_states, run_checks
 
 
 def live(request: HttpRequest) -> JsonResponse:
@@ -17,15 +17,34 @@ def live(request: HttpRequest) -> JsonResponse:
 
 def ready(request: HttpRequest) -> JsonResponse:
     checks = run_checks()
+    # Open breakers are reported (status "degraded") but do not make this a 503: deliveries
+    # through them wait and retry, and taking every web instance out of rotation because a
+    # push provider is down would refuse the sends that are still fine to accept.
+    breakers = breaker_states()
     failing = [name for name, result in checks.items() if result != "ok"]
     if failing:
         response = JsonResponse(
-            {"status": "unavailable", "detail": f"failing: {', '.join(failing)}", "checks": checks},
+            {
+                "status": "unavailable",
+                "detail": f"failing: {', '.join(failing)}",
+                "checks": checks,
+                "breakers": breakers,
+            },
             status=503,
         )
         response["Retry-After"] = "5"
         return response
-    return JsonResponse({"status": "ok", "checks": checks})
+    tripped = [name for name, state in breakers.items() if state not in ("closed", "unknown")]
+    if tripped:
+        return JsonResponse(
+            {
+                "status": "degraded",
+                "detail": f"circuit open: {', '.join(tripped)}",
+                "checks": checks,
+                "breakers": breakers,
+            }
+        )
+    return JsonResponse({"status": "ok", "checks": checks, "breakers": breakers})
 
 
 def metrics(request: HttpRequest) -> HttpResponse:

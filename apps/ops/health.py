@@ -10,6 +10,7 @@ from channels.layers import get_channel_layer
 from django.core.files.storage import default_storage
 from django.db import connection
 
+from apps.common import breaker
 from apps.common.redis import redis_client
 from messaging_project.celery import app as celery_app
 
@@ -68,3 +69,8 @@ def run_checks() -> dict[str, str]:
         else:
             results[name] = "ok"
     return results
+
+
+def breaker_states() -> dict[str, str]:
+    """Return each circuit breaker's shared state (closed, open, half_open, or unknown)."""
+    return breaker.states()

@@ -15,6 +15,8 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
+from apps.common.breaker import CHANNEL_LAYER, breaker
+
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _pid: int | None = None
@@ -46,8 +48,13 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def group_send(group: str, event: dict) -> None:
-    """Send `event` to every connection in `group`; raise if the channel layer is unreachable."""
-    run(get_channel_layer().group_send(group, event))
+    """Send `event` to every connection in `group`; raise if the channel layer is unreachable.
+
+    Guarded by the channel layer's circuit breaker: while it is open this raises CircuitOpen
+    (a ConnectionError) at once, and callers keep their messages `pending` for a retry.
+    """
+    with breaker(CHANNEL_LAYER).guard():
+        run(get_channel_layer().group_send(group, event))
 
 
 def mobile_group(user_id: int) -> str:

@@ -181,6 +181,21 @@ MESSAGING_CATCHUP_CHUNK = env.int("MESSAGING_CATCHUP_CHUNK", default=500)
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48)
 REALTIME_TICKET_TTL_SECONDS = 60
 
+# --- Flow control (SPEC.md section 4) ------------------------------------------------------
+# Per-tier send limits are fixed by the spec (apps/messaging/flow.py); this switch exists for
+# load tests that must measure the pipeline rather than the limiter.
+MESSAGING_RATE_LIMITS_ENABLED = env.bool("MESSAGING_RATE_LIMITS_ENABLED", default=True)
+# Every send checks the backlog; each process recounts it at most this often.
+MESSAGING_BACKLOG_CACHE_SECONDS = env.float("MESSAGING_BACKLOG_CACHE_SECONDS", default=1)
+# Messages per delivery task (batch and broadcast), recipients per broadcast expansion task.
+MESSAGING_DELIVERY_CHUNK = env.int("MESSAGING_DELIVERY_CHUNK", default=500)
+MESSAGING_BROADCAST_CHUNK = env.int("MESSAGING_BROADCAST_CHUNK", default=1000)
+BROADCAST_SWEEP_SECONDS = env.float("BROADCAST_SWEEP_SECONDS", default=30)
+CIRCUIT_BREAKER_FAILURE_RATIO = env.float("CIRCUIT_BREAKER_FAILURE_RATIO", default=0.5)
+CIRCUIT_BREAKER_WINDOW = env.int("CIRCUIT_BREAKER_WINDOW", default=10)
+CIRCUIT_BREAKER_MIN_CALLS = env.int("CIRCUIT_BREAKER_MIN_CALLS", default=10)
+CIRCUIT_BREAKER_RESET_SECONDS = env.float("CIRCUIT_BREAKER_RESET_SECONDS", default=30)
+
 if MESSAGING_ORDERING not in ("best_effort", "strict"):
     raise environ.ImproperlyConfigured(
         f"MESSAGING_ORDERING must be best_effort or strict, not {MESSAGING_ORDERING!r}"
@@ -334,6 +349,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.devices.tasks.release_push_holds",
         "schedule": PUSH_HOLD_SWEEP_SECONDS,
         "options": {"queue": "default", "expires": PUSH_HOLD_SWEEP_SECONDS},
+    },
+    # Broadcasts whose next expansion task was lost (broker down at commit).
+    "broadcasts": {
+        "task": "apps.messaging.tasks.sweep_broadcasts",
+        "schedule": BROADCAST_SWEEP_SECONDS,
+        "options": _SWEEP,
     },
     # Media: remove uploads unattached for 24 h, re-dispatch lost thumbnail work.
     "media": {

@@ -15,3 +15,6 @@ LOGGING["root"]["level"] = env("LOG_LEVEL", default="WARNING")  # noqa: F405
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/15")
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
 CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = channel_layer_hosts(REDIS_URL)  # noqa: F405
+# Tests opt in to the per-tier send limits (tests/messaging/test_flow.py): sender ids restart
+# with each test database while Redis keeps the hour-long windows of earlier runs.
+MESSAGING_RATE_LIMITS_ENABLED = env.bool("MESSAGING_RATE_LIMITS_ENABLED", default=False)

@@ -1,0 +1,486 @@
+"""Writes for volume: batch sends, broadcasts and delivery in chunks.
+
+The services layer for many messages at once (the single-message ones are in services.py).
+Sequence numbers are taken the same way as a single send, by incrementing the recipients'
+`last_seq` in the transaction that stores the messages, but with one statement for all the
+recipients, whose rows are locked in id order so that concurrent batches cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from apps.accounts.models import MobileUser, User
+from apps.devices.services import push_schedule
+from apps.media.services import media_attach
+from apps.ops.logging import get_correlation_id
+from apps.realtime import bridge, presence
+from apps.realtime.frames import message_payload
+
+from . import lifecycle, services
+from .errors import MessagingError
+from .models import Broadcast, BroadcastStatus, IdempotencyKey, Kind, Message, Outcome, Priority, Status
+
+logger = logging.getLogger(__name__)
+
+BATCH_MAX = 1000
+# A lost next-chunk task is restarted by the sweep once the broadcast has not moved for this long.
+BROADCAST_STALL = timedelta(seconds=60)
+
+
+class BatchInvalid(MessagingError):
+    """Some items of a batch cannot be stored; `errors` maps their index to field errors."""
+
+    def __init__(self, errors: dict[int, dict[str, list[str]]]) -> None:
+        self.errors = errors
+        super().__init__("Some messages of the batch are invalid; nothing was stored.")
+
+
+# --- Sequence numbers -----------------------------------------------------------------------
+
+
+def _take_seqs(counts: dict[int, int]) -> dict[int, int]:
+    """Reserve `counts[id]` consecutive seqs per recipient; return each one's first seq.
+
+    Must run in the transaction that stores the messages. The recipients' rows are locked in
+    id order first (a plain UPDATE locks in whatever order it scans), then bumped in one
+    statement, so a rollback leaves no gap and concurrent sends take consecutive numbers.
+    """
+    ids = sorted(counts)
+    list(MobileUser.objects.filter(pk__in=ids).order_by("pk").select_for_update().values_list("pk"))
+    table = MobileUser._meta.db_table
+    values = ", ".join(["(%s::bigint, %s::bigint)"] * len(ids))
+    params: list[int] = []
+    for pk in ids:
+        params += [pk, counts[pk]]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'UPDATE "{table}" AS u SET last_seq = u.last_seq + v.n '
+            f"FROM (VALUES {values}) AS v(id, n) WHERE u.id = v.id RETURNING u.id, u.last_seq",
+            params,
+        )
+        return {pk: last - counts[pk] + 1 for pk, last in cursor.fetchall()}
+
+
+# --- Batch ----------------------------------------------------------------------------------
+
+
+def messages_send_batch(*, sender: User, items: list[dict]) -> list[Message]:
+    """Store every item of a batch with gapless seqs in one transaction, or none of them.
+
+    `items` are validated one-way sends (OneWayMessageInputSerializer). BatchInvalid, with the
+    offending indexes, if a recipient is unknown or an attachment is not the sender's; nothing
+    is stored then and no seq is used. Delivery is dispatched in chunks after commit.
+    """
+    phones = {item["recipient_phone_number"] for item in items}
+    now = timezone.now()
+    correlation_id = get_correlation_id()
+    with transaction.atomic():
+        recipient_of = dict(
+            MobileUser.objects.filter(phone_number__in=phones, is_active=True).values_list(
+                "phone_number", "pk"
+            )
+        )
+        unknown = {
+            index: {"recipient_phone_number": [f"No active mobile user has the phone number {phone}."]}
+            for index, phone in ((i, item["recipient_phone_number"]) for i, item in enumerate(items))
+            if phone not in recipient_of
+        }
+        if unknown:
+            raise BatchInvalid(unknown)
+        counts = Counter(recipient_of[item["recipient_phone_number"]] for item in items)
+        next_seq = _take_seqs(counts)
+        messages = []
+        for item in items:
+            recipient_id = recipient_of[item["recipient_phone_number"]]
+            ttl = item.get("ttl_seconds")
+            messages.append(
+                Message(
+                    kind=Kind.ONE_WAY,
+                    sender=sender,
+                    recipient_id=recipient_id,
+                    seq=next_seq[recipient_id],
+                    subject=item.get("subject", ""),
+                    content=item["content"],
+                    content_type=item.get("content_type", "text"),
+                    priority=item.get("priority", Priority.NORMAL),
+                    status=Status.QUEUED,
+                    next_attempt_at=services._dispatch_deadline(now),
+                    ttl_seconds=ttl,
+                    expires_at=now + timedelta(seconds=ttl) if ttl else None,
+                    correlation_id=correlation_id,
+                )
+            )
+            next_seq[recipient_id] += 1
+        Message.objects.bulk_create(messages, batch_size=1000)
+        _attach_all(sender, items, messages)
+        rows = [(m.pk, m.priority, m.recipient_id) for m in messages]
+        transaction.on_commit(lambda: messages_dispatch_chunks(rows))
+    logger.info("message.batch_accepted", extra={"count": len(messages)})
+    return messages
+
+
+def messages_send_batch_idempotent(
+    *, sender: User, idempotency_key: str, body_hash: str, items: list[dict]
+) -> tuple[list[uuid.UUID], bool]:
+    """Send a batch once per (sender, key); return its message ids and whether this call stored it.
+
+    The same claim as a single send (services.message_send_idempotent): a replay with the same
+    body gets the original ids, another body 422, a concurrent one 409.
+    """
+    record = services._idempotency_claim(sender=sender, key=idempotency_key, body_hash=body_hash)
+    if record.message_id is not None:
+        ids = record.batch_ids if record.batch_ids is not None else [str(record.message_id)]
+        return [uuid.UUID(pk) for pk in ids], False
+    try:
+        with transaction.atomic():
+            messages = messages_send_batch(sender=sender, items=items)
+            IdempotencyKey.objects.filter(pk=record.pk).update(
+                message=messages[0], batch_ids=[str(m.pk) for m in messages]
+            )
+    except Exception:
+        # Nothing was stored: free the key so that a corrected retry can use it.
+        IdempotencyKey.objects.filter(pk=record.pk, message__isnull=True).delete()
+        raise
+    return [m.pk for m in messages], True
+
+
+def _attach_all(sender: User, items: list[dict], messages: list[Message]) -> None:
+    errors = {}
+    for index, (item, message) in enumerate(zip(items, messages, strict=True)):
+        if not item.get("attachment_ids"):
+            continue
+        try:
+            media_attach(message=message, uploader=sender, media_ids=list(item["attachment_ids"]))
+        except MessagingError as exc:
+            errors[index] = {"attachment_ids": [exc.detail]}
+    if errors:
+        raise BatchInvalid(errors)
+
+
+# --- Delivery in chunks ---------------------------------------------------------------------
+
+
+def messages_dispatch_chunks(rows: Iterable[tuple[uuid.UUID, str, int]]) -> int:
+    """Enqueue one delivery task per chunk of (id, priority, recipient id); return tasks enqueued.
+
+    Chunks are cut per priority (each goes to its lane's queue) with a recipient's messages
+    together and in order. A broker outage leaves the rest `queued` for the sweep.
+    """
+    from .tasks import deliver_chunk
+
+    by_priority: dict[str, list[tuple[int, uuid.UUID]]] = defaultdict(list)
+    for pk, priority, recipient_id in rows:
+        by_priority[priority].append((recipient_id, pk))
+    size = settings.MESSAGING_DELIVERY_CHUNK
+    correlation_id = get_correlation_id()
+    enqueued = 0
+    # High first, so a large low-priority batch does not delay it even at enqueue time.
+    for priority in (Priority.HIGH, Priority.NORMAL, Priority.LOW):
+        ordered = [str(pk) for _, pk in by_priority.get(priority, [])]
+        for start in range(0, len(ordered), size):
+            try:
+                deliver_chunk.apply_async(
+                    args=[ordered[start : start + size]],
+                    kwargs={"correlation_id": correlation_id},
+                    queue=services.QUEUE_FOR_PRIORITY[priority],
+                )
+            except Exception as exc:  # noqa: BLE001 - any broker failure leaves it to the sweep
+                logger.warning("message.dispatch_failed", extra={"chunk": start, "error": repr(exc)})
+                return enqueued
+            enqueued += 1
+    return enqueued
+
+
+@dataclass
+class ChunkReport:
+    sent: int = 0
+    offline: int = 0
+    failed: int = 0
+    skipped: int = 0
+    not_due: int = 0
+    offline_recipients: list[int] = field(default_factory=list)
+
+
+def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
+    """Deliver a chunk of messages: one presence lookup, one status update per outcome.
+
+    Online recipients get their messages as one frame event each; offline ones' messages go
+    `pending` (and get a push after commit). If the channel layer fails (or its breaker is
+    open) the affected messages return to `pending` and the error propagates, so the task
+    retries; the pending sweep also picks them up.
+    """
+    report = ChunkReport()
+    if services._strict():
+        # Strict ordering holds per message; keep its one-by-one logic.
+        for pk in message_ids:
+            outcome = services.message_deliver(message_id=pk)
+            report.sent += outcome == "sent"
+            report.offline += outcome == "offline"
+        return report
+    messages = list(
+        Message.objects.select_related("sender", "recipient")
+        .prefetch_related("attachments")
+        .filter(pk__in=message_ids, status__in=(Status.QUEUED, Status.PENDING))
+        .order_by("recipient_id", "seq")
+    )
+    report.skipped = len(message_ids) - len(messages)
+    now = timezone.now()
+    expired = [m.pk for m in messages if m.expires_at and m.expires_at <= now]
+    if expired:
+        report.failed += len(services.messages_fail(Message.objects.filter(pk__in=expired), reason="expired"))
+    inactive = [m.pk for m in messages if m.pk not in expired and not m.recipient.is_active]
+    if inactive:
+        report.failed += len(
+            services.messages_fail(Message.objects.filter(pk__in=inactive), reason="recipient deactivated")
+        )
+    done = set(expired) | set(inactive)
+    due_at = now + services.DUE_TOLERANCE
+    live = []
+    for m in messages:
+        if m.pk in done:
+            continue
+        if m.status == Status.PENDING and m.next_attempt_at and m.next_attempt_at > due_at:
+            report.not_due += 1
+            continue
+        live.append(m)
+    online = presence.online_user_ids(m.recipient_id for m in live)
+    offline_ids = [m.pk for m in live if m.recipient_id not in online]
+    if offline_ids:
+        report.offline_recipients = _hold_offline(offline_ids, now=now)
+        report.offline = len(offline_ids)
+    report.sent = _write_many([m for m in live if m.recipient_id in online])
+    return report
+
+
+def _hold_offline(message_ids: list[uuid.UUID], *, now) -> list[int]:
+    """Move queued messages of offline recipients to `pending`; push to each after commit."""
+    with transaction.atomic():
+        moved = lifecycle.transition(
+            Message.objects.filter(pk__in=message_ids, status=Status.QUEUED),
+            to=Status.PENDING,
+            next_attempt_at=None,
+        )
+        moved_ids = [m.id for m in moved]
+        services._record_attempts(moved_ids, Outcome.OFFLINE, now=now, error="recipient offline")
+        recipients = sorted(
+            set(Message.objects.filter(pk__in=moved_ids).values_list("recipient_id", flat=True))
+        )
+        for recipient_id in recipients:
+            transaction.on_commit(lambda rid=recipient_id: push_schedule(recipient_id=rid))
+    return recipients
+
+
+def _write_many(messages: list[Message]) -> int:
+    """Mark `messages` sent in one update, then send one event per recipient; return how many went.
+
+    Same contract as services._write, for many recipients at once.
+    """
+    if not messages:
+        return 0
+    moved = services.messages_mark_sent([m.pk for m in messages])
+    by_recipient: dict[int, list[dict]] = defaultdict(list)
+    ids_of: dict[int, list[uuid.UUID]] = defaultdict(list)
+    for m in messages:
+        if m.pk in moved:
+            by_recipient[m.recipient_id].append(message_payload(m))
+            ids_of[m.recipient_id].append(m.pk)
+    correlation_id = get_correlation_id()
+    unsent: list[uuid.UUID] = []
+    error: Exception | None = None
+    for recipient_id, payloads in by_recipient.items():
+        if error is not None:
+            # The layer just failed (or its breaker opened): do not hammer it for every recipient.
+            unsent += ids_of[recipient_id]
+            continue
+        try:
+            bridge.group_send(
+                bridge.mobile_group(recipient_id),
+                {"type": "deliver.messages", "messages": payloads, "correlation_id": correlation_id},
+            )
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the bookkeeping
+            error = exc
+            unsent += ids_of[recipient_id]
+    if error is not None:
+        with transaction.atomic():
+            back = lifecycle.transition(
+                Message.objects.filter(pk__in=unsent, status=Status.SENT),
+                to=Status.PENDING,
+                reason="channel layer unavailable",
+                next_attempt_at=None,
+            )
+            services._close_open_attempts(
+                [m.id for m in back], Outcome.ERROR, error=f"channel layer: {error!r}"[:500]
+            )
+        raise error
+    return len(moved)
+
+
+# --- Broadcasts -----------------------------------------------------------------------------
+
+
+def broadcast_audience(*, recipient_phone_numbers: list[str] | None) -> tuple[list[int] | None, list[str]]:
+    """Resolve a broadcast's phone numbers to active users' ids; return (ids, unknown numbers).
+
+    None for everyone (`"all": true`).
+    """
+    if recipient_phone_numbers is None:
+        return None, []
+    phones = list(dict.fromkeys(recipient_phone_numbers))
+    known = dict(
+        MobileUser.objects.filter(phone_number__in=phones, is_active=True).values_list("phone_number", "pk")
+    )
+    return sorted(known.values()), [p for p in phones if p not in known]
+
+
+def active_audience_size() -> int:
+    """Return how many mobile users `"all": true` reaches now."""
+    return MobileUser.objects.filter(is_active=True).count()
+
+
+def broadcast_create(
+    *,
+    sender: User,
+    recipient_ids: list[int] | None,
+    content: str,
+    subject: str = "",
+    content_type: str = "text",
+    priority: str = Priority.NORMAL,
+    ttl_seconds: int | None = None,
+) -> Broadcast:
+    """Record a broadcast to `recipient_ids` (None: every active user now); expand it after commit."""
+    with transaction.atomic():
+        if recipient_ids is None:
+            max_id = MobileUser.objects.aggregate(m=Max("pk"))["m"] or 0
+            total = MobileUser.objects.filter(is_active=True, pk__lte=max_id).count()
+        else:
+            max_id, total = None, len(recipient_ids)
+        broadcast = Broadcast.objects.create(
+            sender=sender,
+            subject=subject,
+            content=content,
+            content_type=content_type,
+            priority=priority,
+            ttl_seconds=ttl_seconds,
+            all_users=recipient_ids is None,
+            recipient_ids=recipient_ids or [],
+            audience_max_id=max_id,
+            total=total,
+            correlation_id=get_correlation_id(),
+        )
+        transaction.on_commit(lambda: _enqueue_expand(broadcast.pk, 0))
+    logger.info("broadcast.accepted", extra={"broadcast_id": str(broadcast.pk), "total": total})
+    return broadcast
+
+
+def _enqueue_expand(broadcast_id: uuid.UUID, after: int) -> None:
+    from .tasks import expand_broadcast
+
+    try:
+        expand_broadcast.apply_async(args=[str(broadcast_id), after], queue="default")
+    except Exception as exc:  # noqa: BLE001 - the broadcast sweep restarts a stalled expansion
+        logger.warning(
+            "broadcast.dispatch_failed", extra={"broadcast_id": str(broadcast_id), "error": repr(exc)}
+        )
+
+
+def broadcast_expand_chunk(*, broadcast_id: str | uuid.UUID, after: int) -> int | None:
+    """Create the messages of the next chunk of the audience after recipient id `after`.
+
+    The chunk is claimed by a compare-and-set of the broadcast's `expanded_through` cursor, in
+    the transaction that stores its messages: a task run twice, or a stale one, finds the
+    cursor moved and creates nothing. Return the new cursor if more remains (its task is
+    enqueued after commit), else None.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        broadcast = Broadcast.objects.select_for_update().filter(pk=broadcast_id).first()
+        if (
+            broadcast is None
+            or broadcast.status != BroadcastStatus.EXPANDING
+            or broadcast.expanded_through != after
+        ):
+            return None
+        audience = MobileUser.objects.filter(is_active=True, pk__gt=after)
+        if broadcast.all_users:
+            audience = audience.filter(pk__lte=broadcast.audience_max_id)
+        else:
+            audience = audience.filter(pk__in=broadcast.recipient_ids)
+        size = settings.MESSAGING_BROADCAST_CHUNK
+        recipient_ids = list(audience.order_by("pk").values_list("pk", flat=True)[:size])
+        messages = []
+        if recipient_ids:
+            first_seq = _take_seqs(dict.fromkeys(recipient_ids, 1))
+            ttl = broadcast.ttl_seconds
+            messages = [
+                Message(
+                    kind=Kind.ONE_WAY,
+                    sender_id=broadcast.sender_id,
+                    recipient_id=rid,
+                    seq=first_seq[rid],
+                    subject=broadcast.subject,
+                    content=broadcast.content,
+                    content_type=broadcast.content_type,
+                    priority=broadcast.priority,
+                    status=Status.QUEUED,
+                    next_attempt_at=services._dispatch_deadline(now),
+                    ttl_seconds=ttl,
+                    expires_at=now + timedelta(seconds=ttl) if ttl else None,
+                    correlation_id=broadcast.correlation_id,
+                    broadcast=broadcast,
+                )
+                for rid in recipient_ids
+            ]
+            Message.objects.bulk_create(messages, batch_size=1000)
+        more = len(recipient_ids) == size
+        cursor = recipient_ids[-1] if recipient_ids else after
+        changes = {
+            "expanded_through": cursor,
+            "expanded": broadcast.expanded + len(messages),
+            "updated_at": now,
+        }
+        if not more:
+            changes.update(status=BroadcastStatus.EXPANDED, expanded_at=now)
+        Broadcast.objects.filter(pk=broadcast.pk, expanded_through=after).update(**changes)
+        rows = [(m.pk, m.priority, m.recipient_id) for m in messages]
+        transaction.on_commit(lambda: messages_dispatch_chunks(rows))
+        if more:
+            transaction.on_commit(lambda: _enqueue_expand(broadcast.pk, cursor))
+    logger.info("broadcast.expanded_chunk", extra={"broadcast_id": str(broadcast_id), "count": len(messages)})
+    return cursor if more else None
+
+
+def broadcast_expand_all(*, broadcast_id: str | uuid.UUID) -> int:
+    """Expand a whole broadcast in this process, chunk after chunk; return chunks done.
+
+    For tests and operators: the same steps as the chained tasks.
+    """
+    chunks = 0
+    cursor: int | None = Broadcast.objects.values_list("expanded_through", flat=True).get(pk=broadcast_id)
+    while cursor is not None:
+        cursor = broadcast_expand_chunk(broadcast_id=broadcast_id, after=cursor)
+        chunks += 1
+    return chunks
+
+
+def sweep_broadcasts() -> int:
+    """Restart the expansion of broadcasts that have not moved for a while (lost task)."""
+    stalled = list(
+        Broadcast.objects.filter(
+            status=BroadcastStatus.EXPANDING, updated_at__lt=timezone.now() - BROADCAST_STALL
+        ).values_list("pk", "expanded_through")[:100]
+    )
+    for pk, cursor in stalled:
+        # A duplicate of a task still alive is harmless: the cursor lets only one of them act.
+        _enqueue_expand(pk, cursor)
+    return len(stalled)

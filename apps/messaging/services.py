@@ -41,10 +41,16 @@ from .models import (
     Priority,
     Status,
 )
-from .selectors import has_earlier_undelivered, parse_uuid, undelivered_for_recipient
+from .selectors import (
+    has_earlier_undelivered,
+    parse_uuid,
+    pending_recipients_due,
+    undelivered_for_recipient,
+)
 
 logger = logging.getLogger(__name__)
 
+# Task functions are imported where they are used: tasks.py imports this module.
 QUEUE_FOR_PRIORITY = {Priority.HIGH: "high", Priority.NORMAL: "default", Priority.LOW: "low"}
 # A claimed Idempotency-Key whose request never finished may be taken over after this long.
 IDEMPOTENCY_LEASE = timedelta(seconds=60)
@@ -548,8 +554,7 @@ def sweep_pending(*, limit: int | None = None) -> int:
 
 
 def pending_recipients_due_online(*, limit: int) -> list[int]:
-    from .selectors import pending_recipients_due
-
+    """Return the recipients with due `pending` messages that are online now."""
     candidates = pending_recipients_due(limit=limit)
     online = presence.online_user_ids(candidates)
     return [rid for rid in candidates if rid in online]

@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 # `make run` and `make migrate` read .env (as honcho does) so that every step sees one config.
 LOAD_ENV = if [[ -f .env ]]; then set -a; source .env; set +a; fi
 
-.PHONY: help run test lint fmt migrate venv venv-dev services-run services-test clean
+.PHONY: help run test lint fmt migrate venv venv-dev services-run services-test clean bench venv-bench
 
 help:
 	@echo "make run      start web (daphne, port \$$PORT or 8000), worker and beat with honcho"
@@ -29,6 +29,7 @@ help:
 	@echo "make lint     ruff format --check, ruff check, makemigrations --check"
 	@echo "make fmt      ruff format and ruff check --fix"
 	@echo "make migrate  apply migrations to the local database (SQLite unless DATABASE_URL)"
+	@echo "make bench    start the real processes and measure throughput and latency (BENCH_ARGS=...)"
 	@echo "make clean    remove caches, collected static files and .run/ (stops a Redis make run started)"
 
 venv:
@@ -36,6 +37,9 @@ venv:
 
 venv-dev:
 	@scripts/venv.sh dev
+
+venv-bench:
+	@scripts/venv.sh bench
 
 services-run: venv
 	@mkdir -p .run
@@ -70,6 +74,15 @@ test: services-test lint
 	@# WhiteNoise warns on every test request when STATIC_ROOT does not exist (clean checkout).
 	@mkdir -p staticfiles
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The benchmark (bench/run.py) recreates its own database, bench_messaging, on the local
+# PostgreSQL server (as the e2e tests' processes, tests/e2e/harness.py) and starts a private
+# redis-server; it takes about 4 minutes. Bigger runs: make bench BENCH_ARGS="--clients 2000".
+BENCH_ARGS ?=
+bench: venv-bench
+	@scripts/ensure_services.sh --postgres postgres://postgres@127.0.0.1:5432/postgres --redis "$(TEST_REDIS_URL)"
+	@command -v redis-server >/dev/null || { echo "make bench: redis-server is needed on PATH (apt-get install redis-server)" >&2; exit 1; }
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	@scripts/ensure_services.sh --stop-started

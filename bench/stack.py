@@ -42,10 +42,10 @@ class BenchStack(Stack):
         for name in FAST_TIMINGS:
             self.env.pop(name, None)
         self.env["LOG_LEVEL"] = log_level
-        # settings.test opens a database connection per request (measured as part of it);
-        # settings.production keeps one per request thread under daphne (CONN_MAX_AGE 60 s),
-        # which exhausts the server's max_connections under load (README, Benchmark).
+        # A psycopg pool per process, as production runs: without one, settings.test opens a
+        # connection per request and persistent connections pile up per request thread.
         self.env["DJANGO_SETTINGS_MODULE"] = f"messaging_project.settings.{settings}"
+        self.env.setdefault("DATABASE_POOL", "true")
         self.env.setdefault("DJANGO_SECRET_KEY", "bench-only-" + secrets.token_urlsafe(32))
 
     def _spawn_worker(self) -> Process:

@@ -20,8 +20,7 @@ def _header(scope: dict, name: bytes) -> str:
     return ""
 
 
-@database_sync_to_async
-def _resolve(scope: dict):
+def _resolve_sync(scope: dict):
     scheme, _, key = _header(scope, b"authorization").partition(" ")
     if scheme.lower() == "token" and key.strip():
         return principal_for_token(key=key.strip())
@@ -29,6 +28,10 @@ def _resolve(scope: dict):
     if ticket:
         return principal_for_ticket(ticket=ticket)
     return None
+
+
+# In the thread pool: a slow token lookup must not hold up other sockets' database calls.
+_resolve = database_sync_to_async(_resolve_sync, thread_sensitive=False)
 
 
 class TokenAuthMiddleware:

@@ -9,6 +9,7 @@ import json
 import logging
 import time
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
@@ -26,6 +27,20 @@ CLOSE_UNAUTHENTICATED = 4401
 MAX_IDS_PER_FRAME = 1000
 # Any frame proves the connection alive; refresh presence at most this often between pings.
 HEARTBEAT_REFRESH_SECONDS = 10
+
+
+def in_db_pool(func):
+    """Run `func` (ORM work) in the thread pool.
+
+    Channels' default runs every consumer's database call of a process on one shared thread,
+    so one socket's catch-up or a burst of acks would stall every other socket's frames.
+    """
+    return database_sync_to_async(func, thread_sensitive=False)
+
+
+def in_pool(func):
+    """Run `func` (Redis only) in the thread pool, never queued behind database work."""
+    return sync_to_async(func, thread_sensitive=False)
 
 
 class MobileConsumer(AsyncJsonWebsocketConsumer):
@@ -54,7 +69,7 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
         if not hasattr(self, "group"):
             return
         await self.channel_layer.group_discard(self.group, self.channel_name)
-        await database_sync_to_async(self._forget_connection)()
+        await in_db_pool(self._forget_connection)()
 
     def _forget_connection(self) -> None:
         presence.connection_closed(user_id=self.mobile_id, channel_name=self.channel_name)
@@ -64,16 +79,14 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
 
     async def _beat(self) -> None:
         self.last_beat = time.monotonic()
-        await database_sync_to_async(presence.connection_seen)(
-            user_id=self.mobile_id, channel_name=self.channel_name
-        )
+        await in_pool(presence.connection_seen)(user_id=self.mobile_id, channel_name=self.channel_name)
 
     async def _catch_up(self) -> None:
         """Send every undelivered message in seq order before anything newer."""
         after_seq = 0
         chunk = settings.MESSAGING_CATCHUP_CHUNK
         while True:
-            payloads, last_seq = await database_sync_to_async(services.catchup_chunk)(
+            payloads, last_seq = await in_db_pool(services.catchup_chunk)(
                 recipient_id=self.mobile_id, after_seq=after_seq, limit=chunk
             )
             for payload in payloads:
@@ -122,7 +135,7 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
             )
             return
         service = services.messages_acknowledge if kind == "ack" else services.messages_mark_read
-        await database_sync_to_async(service)(recipient_id=self.mobile_id, message_ids=ids)
+        await in_db_pool(service)(recipient_id=self.mobile_id, message_ids=ids)
 
     async def _error(self, code: str, detail: str) -> None:
         await self.send_json({"type": "error", "code": code, "detail": detail})

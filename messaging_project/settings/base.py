@@ -63,11 +63,31 @@ TEMPLATES = [
     },
 ]
 
+
+def with_connection_pool(database: dict) -> dict:
+    """Give a PostgreSQL database a psycopg connection pool (DATABASE_POOL, on by default).
+
+    Under ASGI every HTTP request runs in a thread of its own, so persistent per-thread
+    connections pile up and fresh ones cost a PostgreSQL process each; a pool per process
+    bounds and reuses them. Pooling replaces CONN_MAX_AGE, which must then be 0.
+    """
+    if database["ENGINE"] != "django.db.backends.postgresql" or not env.bool("DATABASE_POOL", default=True):
+        return database
+    database["CONN_MAX_AGE"] = 0
+    database.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=1),
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10),
+    }
+    return database
+
+
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"] = with_connection_pool(DATABASES["default"])
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -305,7 +325,7 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
-        "celery": {"level": "INFO"},
+        "celery": {"level": LOG_LEVEL},
     },
 }
 

@@ -1,13 +1,16 @@
 """Test settings: PostgreSQL and Redis are real (see tests/conftest.py)."""
 
 from .base import *  # noqa: F403
-from .base import env
+from .base import env, with_connection_pool
 
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="test-only-insecure-key")
 DATABASES = {
     "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/messaging"),
 }
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+# Tests run without a pool unless asked (the benchmark asks: DATABASE_POOL=true).
+if env.bool("DATABASE_POOL", default=False):
+    DATABASES["default"] = with_connection_pool(DATABASES["default"])
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING["root"]["level"] = env("LOG_LEVEL", default="WARNING")  # noqa: F405
 

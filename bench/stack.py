@@ -42,6 +42,7 @@ class BenchStack(Stack):
         for name in FAST_TIMINGS:
             self.env.pop(name, None)
         self.env["LOG_LEVEL"] = log_level
+        self.beat_log_level = log_level.lower()
         # A psycopg pool per process, as production runs: without one, settings.test opens a
         # connection per request and persistent connections pile up per request thread.
         self.env["DJANGO_SETTINGS_MODULE"] = f"messaging_project.settings.{settings}"
@@ -107,32 +108,7 @@ class BenchStack(Stack):
 
     def start(self) -> BenchStack:
         """Start every process; unlike the tests' stack, do not wait for beat's INFO line."""
-        self.start_redis()
-        self.web = self._spawn(
-            "daphne",
-            [
-                str(BIN / "daphne"),
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.web_port),
-                "messaging_project.asgi:application",
-            ],
-        )
-        self.worker = self._spawn_worker()
-        self.beat = self._spawn(
-            "beat",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "messaging_project",
-                "beat",
-                "-l",
-                self.log_level.lower(),
-                "--schedule",
-                str(self.workdir / "beat-schedule"),
-            ],
-        )
+        self.spawn_all()
         self.wait_web_ready()
         self.wait_worker_ready()
         if not self.beat.alive():

@@ -167,6 +167,8 @@ class Process:
 class Stack:
     """redis-server, daphne, a Celery worker and Celery beat for one PostgreSQL database."""
 
+    beat_log_level = "info"
+
     def __init__(self, *, database_name: str, workdir: Path) -> None:
         self.workdir = workdir
         self.redis_port = free_port()
@@ -193,6 +195,19 @@ class Stack:
 
     def start(self) -> Stack:
         """Start every process (in parallel) and return once each one is ready."""
+        self.spawn_all()
+        self.wait_web_ready()
+        self.wait_worker_ready()
+        wait_until(
+            lambda: "beat: Starting" in self.beat.log_text(),
+            timeout=60,
+            what="celery beat to start",
+            diagnostics=self.diagnostics,
+        )
+        return self
+
+    def spawn_all(self) -> None:
+        """Start redis-server, daphne, the worker and beat, without waiting for them."""
         self.start_redis()
         self.web = self._spawn(
             "daphne",
@@ -214,20 +229,11 @@ class Stack:
                 "messaging_project",
                 "beat",
                 "-l",
-                "info",
+                self.beat_log_level,
                 "--schedule",
                 str(self.workdir / "beat-schedule"),
             ],
         )
-        self.wait_web_ready()
-        self.wait_worker_ready()
-        wait_until(
-            lambda: "beat: Starting" in self.beat.log_text(),
-            timeout=60,
-            what="celery beat to start",
-            diagnostics=self.diagnostics,
-        )
-        return self
 
     def close(self) -> None:
         """Stop every process this stack started, all at once, then the broker."""

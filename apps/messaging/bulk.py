@@ -24,8 +24,7 @@ from apps.accounts.models import MobileUser, User
 from apps.devices.services import push_schedule
 from apps.media.services import media_attach
 from apps.ops.logging import get_correlation_id
-from apps.realtime import bridge, presence
-from apps.realtime.frames import message_payload
+from apps.realtime import presence
 
 from . import lifecycle, services
 from .errors import MessagingError
@@ -259,7 +258,7 @@ def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
     if offline_ids:
         report.offline_recipients = _hold_offline(offline_ids, now=now)
         report.offline = len(offline_ids)
-    report.sent = _write_many([m for m in live if m.recipient_id in online])
+    report.sent = services.messages_write([m for m in live if m.recipient_id in online])
     return report
 
 
@@ -279,51 +278,6 @@ def _hold_offline(message_ids: list[uuid.UUID], *, now) -> list[int]:
         for recipient_id in recipients:
             transaction.on_commit(lambda rid=recipient_id: push_schedule(recipient_id=rid))
     return recipients
-
-
-def _write_many(messages: list[Message]) -> int:
-    """Mark `messages` sent in one update, then send one event per recipient; return how many went.
-
-    Same contract as services._write, for many recipients at once.
-    """
-    if not messages:
-        return 0
-    moved = services.messages_mark_sent([m.pk for m in messages])
-    by_recipient: dict[int, list[dict]] = defaultdict(list)
-    ids_of: dict[int, list[uuid.UUID]] = defaultdict(list)
-    for m in messages:
-        if m.pk in moved:
-            by_recipient[m.recipient_id].append(message_payload(m))
-            ids_of[m.recipient_id].append(m.pk)
-    correlation_id = get_correlation_id()
-    unsent: list[uuid.UUID] = []
-    error: Exception | None = None
-    for recipient_id, payloads in by_recipient.items():
-        if error is not None:
-            # The layer just failed (or its breaker opened): do not hammer it for every recipient.
-            unsent += ids_of[recipient_id]
-            continue
-        try:
-            bridge.group_send(
-                bridge.mobile_group(recipient_id),
-                {"type": "deliver.messages", "messages": payloads, "correlation_id": correlation_id},
-            )
-        except Exception as exc:  # noqa: BLE001 - re-raised below, after the bookkeeping
-            error = exc
-            unsent += ids_of[recipient_id]
-    if error is not None:
-        with transaction.atomic():
-            back = lifecycle.transition(
-                Message.objects.filter(pk__in=unsent, status=Status.SENT),
-                to=Status.PENDING,
-                reason="channel layer unavailable",
-                next_attempt_at=None,
-            )
-            services._close_open_attempts(
-                [m.id for m in back], Outcome.ERROR, error=f"channel layer: {error!r}"[:500]
-            )
-        raise error
-    return len(moved)
 
 
 # --- Broadcasts -----------------------------------------------------------------------------

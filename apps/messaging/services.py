@@ -249,7 +249,7 @@ def message_deliver(*, message_id: str | uuid.UUID) -> str:
                 _record_attempts([message.pk], Outcome.OFFLINE, now=now, error="recipient offline")
                 transaction.on_commit(lambda: push_schedule(recipient_id=message.recipient_id))
         return "offline"
-    _write(message.recipient_id, [message])
+    messages_write([message])
     return "sent"
 
 
@@ -277,36 +277,53 @@ def recipient_deliver_backlog(*, recipient_id: int) -> int:
             if m.next_attempt_at is None or m.next_attempt_at <= now
         ]
     if batch:
-        _write(recipient_id, batch)
+        messages_write(batch)
     return len(batch)
 
 
-def _write(recipient_id: int, messages: list[Message]) -> None:
-    """Mark `messages` sent, then send them as frames to every connection of the recipient.
+def messages_write(messages: list[Message]) -> int:
+    """Mark `messages` sent in one update, then send one event per recipient; return how many.
 
     The bookkeeping comes first so that the device's ack, however fast, always finds the
-    message `sent` with its attempt recorded. If the channel layer is unreachable the
-    messages go back to `pending` and the error propagates, so the caller's task retries.
+    message `sent` with its attempt recorded. If the channel layer is unreachable, the messages
+    not yet written go back to `pending` and the error propagates, so the caller's task retries.
     """
+    if not messages:
+        return 0
     moved = messages_mark_sent([m.pk for m in messages])
-    payloads = [message_payload(m) for m in messages if m.pk in moved]
-    if not payloads:
-        return
-    try:
-        bridge.group_send(
-            bridge.mobile_group(recipient_id),
-            {"type": "deliver.messages", "messages": payloads, "correlation_id": get_correlation_id()},
-        )
-    except Exception as exc:
+    by_recipient: dict[int, list[dict]] = defaultdict(list)
+    ids_of: dict[int, list[uuid.UUID]] = defaultdict(list)
+    for m in messages:
+        if m.pk in moved:
+            by_recipient[m.recipient_id].append(message_payload(m))
+            ids_of[m.recipient_id].append(m.pk)
+    correlation_id = get_correlation_id()
+    unsent: list[uuid.UUID] = []
+    error: Exception | None = None
+    for recipient_id, payloads in by_recipient.items():
+        if error is not None:
+            # The layer just failed (or its breaker opened): do not hammer it for every recipient.
+            unsent += ids_of[recipient_id]
+            continue
+        try:
+            bridge.group_send(
+                bridge.mobile_group(recipient_id),
+                {"type": "deliver.messages", "messages": payloads, "correlation_id": correlation_id},
+            )
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the bookkeeping
+            error = exc
+            unsent += ids_of[recipient_id]
+    if error is not None:
         with transaction.atomic():
             back = lifecycle.transition(
-                Message.objects.filter(pk__in=moved, status=Status.SENT),
+                Message.objects.filter(pk__in=unsent, status=Status.SENT),
                 to=Status.PENDING,
-                reason="channel layer unreachable",
+                reason="channel layer unavailable",
                 next_attempt_at=None,
             )
-            _close_open_attempts([m.id for m in back], Outcome.ERROR, error=f"channel layer: {exc!r}"[:500])
-        raise
+            _close_open_attempts([m.id for m in back], Outcome.ERROR, error=f"channel layer: {error!r}"[:500])
+        raise error
+    return len(moved)
 
 
 def messages_mark_sent(message_ids: list[uuid.UUID]) -> set[uuid.UUID]:

@@ -251,15 +251,12 @@ class BatchSendApi(APIView):
             raise ValidationError({"messages": ["Give a non-empty list of messages."]})
         if len(items) > bulk.BATCH_MAX:
             raise ValidationError({"messages": [f"At most {bulk.BATCH_MAX:,} messages per batch."]})
-        errors, valid = {}, []
-        for index, item in enumerate(items):
-            serializer = OneWayMessageInputSerializer(data=item)
-            if serializer.is_valid():
-                valid.append(dict(serializer.validated_data))
-            else:
-                errors[str(index)] = serializer.errors
-        if errors:
+        # One child serializer validates every item (fields built once, not per item).
+        serializer = OneWayMessageInputSerializer(data=items, many=True)
+        if not serializer.is_valid():
+            errors = {str(index): error for index, error in serializer.errors.items()}
             raise ValidationError({"messages": errors})
+        valid = [dict(item) for item in serializer.validated_data]
         sends_admit(sender=request.user, count=len(valid))
         key = request.headers.get("Idempotency-Key")
         try:

@@ -172,6 +172,9 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.ops.exceptions.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # Errors of a list serializer keyed by item index (DRF 3.20's default; the list form is
+    # deprecated).
+    "LIST_SERIALIZER_ERRORS_AS_DICT": True,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Guaranteed business-to-mobile messaging",

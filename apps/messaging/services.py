@@ -17,11 +17,12 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, QuerySet
+from django.db.models import F, Prefetch, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser, User
 from apps.devices.services import push_schedule
+from apps.media.models import Media
 from apps.media.services import media_attach
 from apps.ops.logging import get_correlation_id
 from apps.realtime import bridge, presence
@@ -97,14 +98,13 @@ def message_send(
         )
         if not bumped:
             raise RecipientNotFound(f"No active mobile user has the phone number {recipient_phone_number}.")
-        recipient_id, seq = MobileUser.objects.values_list("pk", "last_seq").get(
-            phone_number=recipient_phone_number
-        )
+        recipient = MobileUser.objects.get(phone_number=recipient_phone_number)
+        seq = recipient.last_seq
         now = timezone.now()
         message = Message.objects.create(
             kind=Kind.ONE_WAY,
             sender=sender,
-            recipient_id=recipient_id,
+            recipient=recipient,
             seq=seq,
             subject=subject,
             content=content,
@@ -116,7 +116,11 @@ def message_send(
             expires_at=now + timedelta(seconds=ttl_seconds) if ttl_seconds else None,
             correlation_id=get_correlation_id(),
         )
-        media_attach(message=message, uploader=sender, media_ids=list(attachment_ids))
+        media_ids = list(attachment_ids)
+        media_attach(message=message, uploader=sender, media_ids=media_ids)
+        if not media_ids:
+            # Nothing attached: the caller's representation needs no query to learn that.
+            prefetch_related_objects([message], Prefetch("attachments", queryset=Media.objects.none()))
         rows = [(message.pk, message.priority)]
         transaction.on_commit(lambda: messages_dispatch(rows))
     logger.info("message.accepted", extra={"message_id": str(message.pk), "seq": seq})

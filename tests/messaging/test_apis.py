@@ -78,6 +78,19 @@ def test_send_answers_202_with_the_full_representation(sender_client, sender, mo
     assert MobileUser.objects.get(pk=mobile_user.pk).last_seq == 1
 
 
+def test_single_send_stays_within_its_query_budget(sender_client, mobile_user, django_assert_max_num_queries):
+    """A regression guard for the hot path: token, permissions, the send transaction, nothing more.
+
+    (token 1, permissions 2, BEGIN + seq bump + recipient + insert + COMMIT 5)
+    """
+    send(sender_client, {"recipient_phone_number": mobile_user.phone_number, "content": "warm-up"})
+    with django_assert_max_num_queries(8):
+        response = send(sender_client, {"recipient_phone_number": mobile_user.phone_number, "content": "hi"})
+    assert response.status_code == 202
+    assert response.json()["recipient_phone_number"] == mobile_user.phone_number
+    assert response.json()["attachments"] == []
+
+
 def test_send_defaults_content_type_priority_and_subject(sender_client, mobile_user):
     response = send(sender_client, {"recipient_phone_number": mobile_user.phone_number, "content": "hi"})
 

@@ -3,8 +3,6 @@ clients, atomic under concurrency, and open (with a warning) when Redis is unrea
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -12,6 +10,7 @@ from hypothesis import strategies as st
 
 from apps.common.ratelimit import SlidingWindowLimiter
 from apps.common.redis import redis_client
+from tests.concurrency import run_together
 
 WINDOW_MS = 60_000
 
@@ -91,17 +90,11 @@ def test_no_window_ever_admits_more_than_the_limit(redis, limit, gaps):
 def test_concurrent_clients_share_one_limit(redis):
     rl = limiter(limit=10)
     results = []
-    barrier = threading.Barrier(8)
 
     def burst() -> None:
-        barrier.wait()
         results.extend(rl.hit("shared").allowed for _ in range(5))
 
-    threads = [threading.Thread(target=burst) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(*[burst] * 8)
 
     assert results.count(True) == 10
     assert results.count(False) == 30

@@ -3,7 +3,6 @@ the message representation and the `message` frame with fresh URLs, without N+1 
 
 from __future__ import annotations
 
-import threading
 import uuid
 
 import pytest
@@ -18,6 +17,7 @@ from apps.messaging.errors import MediaNotFound
 from apps.messaging.models import Message
 from apps.messaging.selectors import undelivered_for_recipient
 from apps.realtime.frames import message_payload
+from tests.concurrency import run_together
 
 from .conftest import image_bytes, pdf_bytes, sample, upload
 
@@ -252,29 +252,20 @@ def test_frames_and_lists_need_no_query_per_message(sender_client, sender, mobil
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_sends_cannot_attach_the_same_media_twice(sender_client, sender, mobile_user):
     media = post_media(sender_client, pdf_bytes())
-    barrier = threading.Barrier(2)
-    outcomes = []
 
-    def attempt() -> None:
+    def attempt() -> str:
         try:
-            barrier.wait()
             messaging.message_send(
                 sender=sender,
                 recipient_phone_number=mobile_user.phone_number,
                 content="race",
                 attachment_ids=[media],
             )
-            outcomes.append("sent")
         except MediaNotFound:
-            outcomes.append("refused")
-        finally:
-            connection.close()
+            return "refused"
+        return "sent"
 
-    threads = [threading.Thread(target=attempt) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = run_together(attempt, attempt)
 
     assert sorted(outcomes) == ["refused", "sent"]
     message = Message.objects.get()

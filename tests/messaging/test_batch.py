@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import defaultdict
+from functools import partial
 
 import pytest
-from django.db import connection
 
 from apps.accounts.models import MobileUser
 from apps.messaging import bulk, services
 from apps.messaging.models import Message, Status
+from tests.concurrency import run_together
 from tests.factories import MobileUserFactory, SenderFactory
 from tests.messaging.test_send import UNKNOWN_PHONE, queued_tasks
 
@@ -163,43 +164,27 @@ def test_batches_and_single_sends_racing_on_the_same_recipients_keep_seqs_gaples
     sender = SenderFactory()
     recipients = [MobileUserFactory() for _ in range(3)]
     threads_count, rounds = 6, 4
-    barrier = threading.Barrier(threads_count)
-    errors: list[BaseException] = []
     returned: dict[int, list[int]] = defaultdict(list)
     lock = threading.Lock()
 
     def worker(index: int) -> None:
-        try:
-            barrier.wait()
-            for i in range(rounds):
-                if index % 2:
-                    # Recipients in a different order per thread: their locks must still be
-                    # taken in id order, or two batches would deadlock.
-                    order = recipients[index % 3 :] + recipients[: index % 3]
-                    items = [_item(r, f"b{index}-{i}") for r in order + order[:1]]
-                    stored = bulk.messages_send_batch(sender=sender, items=items)
-                else:
-                    r = recipients[(index + i) % 3]
-                    stored = [
-                        services.message_send(
-                            sender=sender, recipient_phone_number=r.phone_number, content="s"
-                        )
-                    ]
-                with lock:
-                    for m in stored:
-                        returned[m.recipient_id].append(m.seq)
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-        finally:
-            connection.close()
+        for i in range(rounds):
+            if index % 2:
+                # Recipients in a different order per thread: their locks must still be
+                # taken in id order, or two batches would deadlock.
+                order = recipients[index % 3 :] + recipients[: index % 3]
+                items = [_item(r, f"b{index}-{i}") for r in order + order[:1]]
+                stored = bulk.messages_send_batch(sender=sender, items=items)
+            else:
+                r = recipients[(index + i) % 3]
+                stored = [
+                    services.message_send(sender=sender, recipient_phone_number=r.phone_number, content="s")
+                ]
+            with lock:
+                for m in stored:
+                    returned[m.recipient_id].append(m.seq)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
+    run_together(*(partial(worker, i) for i in range(threads_count)))
     for recipient in recipients:
         count = Message.objects.filter(recipient=recipient).count()
         assert _seqs(recipient) == list(range(1, count + 1))

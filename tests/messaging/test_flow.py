@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from functools import partial
 
 import pytest
 from hypothesis import HealthCheck, given
@@ -14,6 +15,7 @@ from apps.common.ratelimit import MultiWindowLimiter
 from apps.common.redis import redis_client
 from apps.messaging import flow, services
 from apps.messaging.models import Message, Status
+from tests.concurrency import run_together
 from tests.factories import SenderFactory
 
 SEND_URL = "/api/v1/messages/"
@@ -61,30 +63,18 @@ def test_limiter_never_admits_more_than_the_limit_in_any_window_across_concurren
     )
     admitted: list[tuple[int, int]] = []  # (time on Redis's clock in ms, cost)
     lock = threading.Lock()
-    barrier = threading.Barrier(len(callers))
-    errors: list[BaseException] = []
 
     def caller(costs: list[int]) -> None:
-        try:
-            barrier.wait()
-            for cost in costs:
-                decision = limiter.hit("one-sender", cost=cost)
-                if decision.allowed:
-                    assert decision.at_ms > 0
-                    with lock:
-                        admitted.append((decision.at_ms, cost))
-                else:
-                    assert decision.retry_after > 0
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
+        for cost in costs:
+            decision = limiter.hit("one-sender", cost=cost)
+            if decision.allowed:
+                assert decision.at_ms > 0
+                with lock:
+                    admitted.append((decision.at_ms, cost))
+            else:
+                assert decision.retry_after > 0
 
-    threads = [threading.Thread(target=caller, args=(costs,)) for costs in callers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
+    run_together(*(partial(caller, costs) for costs in callers))
     for limit, window_ms in windows:
         # The window a hit is judged in is (t - window, t]; the worst window ends at a hit.
         for end, _ in admitted:

@@ -7,10 +7,11 @@ import json
 import threading
 from collections import defaultdict
 from datetime import timedelta
+from functools import partial
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -22,6 +23,7 @@ from apps.messaging.content import MAX_CONTENT_LENGTH, normalize_content
 from apps.messaging.errors import RecipientNotFound
 from apps.messaging.models import Message, Priority, Status
 from messaging_project.celery import app as celery_app
+from tests.concurrency import run_together
 from tests.factories import MobileUserFactory
 
 DELIVER_TASK = "apps.messaging.tasks.deliver_message"
@@ -152,31 +154,17 @@ def test_concurrent_sends_get_gapless_unique_seqs(redis):
     sender = SenderFactory()
     recipients = [MobileUserFactory(), MobileUserFactory()]
     threads_count, per_thread = 8, 10
-    barrier = threading.Barrier(threads_count)
-    errors: list[BaseException] = []
     returned: dict[int, list[int]] = defaultdict(list)
     lock = threading.Lock()
 
     def worker(index: int) -> None:
-        try:
-            barrier.wait()
-            for i in range(per_thread):
-                recipient = recipients[(index + i) % 2]
-                message = _send(sender, recipient)
-                with lock:
-                    returned[recipient.pk].append(message.seq)
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-        finally:
-            connection.close()
+        for i in range(per_thread):
+            recipient = recipients[(index + i) % 2]
+            message = _send(sender, recipient)
+            with lock:
+                returned[recipient.pk].append(message.seq)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
+    run_together(*(partial(worker, i) for i in range(threads_count)))
     total = threads_count * per_thread
     assert Message.objects.count() == total
     for recipient in recipients:

@@ -3,12 +3,11 @@ dead-letter requeue, idempotency-key purge. Each is idempotent and safe on two b
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime, timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from apps.messaging import services
@@ -23,6 +22,7 @@ from apps.messaging.models import (
     Status,
 )
 from apps.realtime import presence
+from tests.concurrency import run_together
 from tests.factories import MessageFactory, MobileUserFactory, SenderFactory
 from tests.messaging.test_send import dispatched_ids, queued_tasks
 
@@ -164,36 +164,13 @@ def test_ack_racing_the_timeout_wins_when_first(sender, mobile_user):
     assert (message.status, message.retry_count) == (Status.DELIVERED, 0)
 
 
-def _run_concurrently(target, count: int = 2) -> list:
-    barrier = threading.Barrier(count)
-    results: list = [None] * count
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait()
-            results[index] = target()
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    return results
-
-
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_ack_timeout_sweeps_never_double_count(redis, settings):
     sender, recipient = SenderFactory(), MobileUserFactory()
     retrying = [_sent(sender, recipient) for _ in range(30)]
     exhausted = [_sent(sender, recipient, retry_count=settings.MESSAGING_MAX_RETRIES) for _ in range(10)]
 
-    results = _run_concurrently(services.sweep_ack_timeouts)
+    results = run_together(services.sweep_ack_timeouts, services.sweep_ack_timeouts)
 
     assert sum(results) == 40
     assert set(
@@ -357,7 +334,7 @@ def test_two_concurrent_queued_sweeps_dispatch_each_message_once(redis):
         MessageFactory(sender=sender, recipient=recipient, next_attempt_at=_past()) for _ in range(30)
     ]
 
-    results = _run_concurrently(services.sweep_queued)
+    results = run_together(services.sweep_queued, services.sweep_queued)
 
     assert sum(results) == 30
     assert sorted(dispatched_ids(redis)) == sorted(str(m.pk) for m in messages)

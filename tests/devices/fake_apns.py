@@ -19,6 +19,8 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded
 
+from tests.devices.scripted import ScriptedReplies
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -35,16 +37,14 @@ class Received:
     at: float
 
 
-class FakeApns:
+class FakeApns(ScriptedReplies[Reply]):
     def __init__(
         self, *, cert_file: Path, key_file: Path, auth_public_pem: bytes, team_id: str, key_id: str
     ) -> None:
+        super().__init__()
         self.auth_public_pem = auth_public_pem
         self.team_id = team_id
         self.key_id = key_id
-        self.received: list[Received] = []
-        self._script: dict[str, list[Reply]] = {}
-        self._lock = threading.Lock()
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._context.load_cert_chain(cert_file, key_file)
         self._context.set_alpn_protocols(["h2"])
@@ -74,24 +74,6 @@ class FakeApns:
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
-
-    def reset(self) -> None:
-        with self._lock:
-            self.received.clear()
-            self._script.clear()
-
-    def answer(self, token: str, *replies: Reply) -> None:
-        """Answer the next sends to `token` with `replies`, in order, then 200."""
-        with self._lock:
-            self._script.setdefault(token, []).extend(replies)
-
-    def to(self, token: str) -> list[Received]:
-        return [r for r in self.received if r.token == token]
-
-    def _next_reply(self, token: str) -> Reply | None:
-        with self._lock:
-            queue = self._script.get(token)
-            return queue.pop(0) if queue else None
 
     def reply_for(self, headers: dict[str, str], body: bytes) -> tuple[Reply, str]:
         """Check the request like APNS does and return the reply and the device token."""

@@ -18,6 +18,8 @@ from urllib.parse import parse_qs
 
 import jwt
 
+from tests.devices.scripted import ScriptedReplies
+
 SEND_PATH = re.compile(r"^/v1/projects/(?P<project>[^/]+)/messages:send$")
 # google-auth always signs its assertion for Google's token endpoint, whatever token_uri says.
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
@@ -51,16 +53,14 @@ class Received:
     at: float
 
 
-class FakeFcm:
+class FakeFcm(ScriptedReplies[Reply]):
     def __init__(self, google_public_pem: bytes) -> None:
+        super().__init__()
         self.google_public_pem = google_public_pem
-        self.received: list[Received] = []
         self.oauth_grants = 0
         self.refuse_oauth = False
-        self._script: dict[str, list[Reply]] = {}
         self._access_tokens: set[str] = set()
         self._numbers = itertools.count(1)
-        self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -78,23 +78,8 @@ class FakeFcm:
         self._server.server_close()
 
     def reset(self) -> None:
-        with self._lock:
-            self.received.clear()
-            self._script.clear()
-            self.refuse_oauth = False
-
-    def answer(self, token: str, *replies: Reply) -> None:
-        """Answer the next sends to `token` with `replies`, in order, then 200."""
-        with self._lock:
-            self._script.setdefault(token, []).extend(replies)
-
-    def to(self, token: str) -> list[Received]:
-        return [r for r in self.received if r.token == token]
-
-    def _next_reply(self, token: str) -> Reply | None:
-        with self._lock:
-            queue = self._script.get(token)
-            return queue.pop(0) if queue else None
+        super().reset()
+        self.refuse_oauth = False
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.e2e.harness import BIN, FAST_TIMINGS, REPO_ROOT, Process, Stack
+from tests.e2e.harness import BIN, FAST_TIMINGS, REPO_ROOT, Stack
 
 PG_SERVER = "postgres://postgres@127.0.0.1:5432"
 # Valid North American numbers for libphonenumber (555 exchange); 10,000 per area code.
@@ -36,43 +36,18 @@ class BenchStack(Stack):
         self, *, database_name: str, workdir: Path, concurrency: int, log_level: str, settings: str
     ) -> None:
         super().__init__(database_name=database_name, workdir=workdir)
-        self.concurrency = concurrency
-        self.log_level = log_level
         # Production-like: the settings' own defaults (ack timeout 30 s, sweeps every 1-30 s).
         for name in FAST_TIMINGS:
             self.env.pop(name, None)
         self.env["LOG_LEVEL"] = log_level
-        self.beat_log_level = log_level.lower()
+        self.beat_log_level = self.worker_log_level = log_level.lower()
+        self.worker_concurrency = concurrency
+        self.worker_name = "bench"
         # A psycopg pool per process, as production runs: without one, settings.test opens a
         # connection per request and persistent connections pile up per request thread.
         self.env["DJANGO_SETTINGS_MODULE"] = f"messaging_project.settings.{settings}"
         self.env.setdefault("DATABASE_POOL", "true")
         self.env.setdefault("DJANGO_SECRET_KEY", "bench-only-" + secrets.token_urlsafe(32))
-
-    def _spawn_worker(self) -> Process:
-        return Process(
-            "worker",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "messaging_project",
-                "worker",
-                "-Q",
-                "high,default,low",
-                "-c",
-                str(self.concurrency),
-                # Celery's own lines ("ready.", task failures) stay; per-task INFO lines go.
-                "-l",
-                self.log_level.lower(),
-                "-n",
-                "bench@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            env=self.env,
-            log=self.workdir / "worker.log",
-        )
 
     def wait_worker_ready(self) -> None:
         """Wait for the worker's "ready." line or, failing that (log level), its answer to a ping."""

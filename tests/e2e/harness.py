@@ -168,6 +168,9 @@ class Stack:
     """redis-server, daphne, a Celery worker and Celery beat for one PostgreSQL database."""
 
     beat_log_level = "info"
+    worker_log_level = "info"
+    worker_concurrency = 2
+    worker_name = "e2e"
 
     def __init__(self, *, database_name: str, workdir: Path) -> None:
         self.workdir = workdir
@@ -263,11 +266,11 @@ class Stack:
                 "-Q",
                 "high,default,low",
                 "-c",
-                "2",
+                str(self.worker_concurrency),
                 "-l",
-                "info",
+                self.worker_log_level,
                 "-n",
-                f"e2e{n}@%h",
+                f"{self.worker_name}{n}@%h",
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",

@@ -414,19 +414,6 @@ def broadcast_expand_chunk(*, broadcast_id: str | uuid.UUID, after: int) -> int 
     return cursor if more else None
 
 
-def broadcast_expand_all(*, broadcast_id: str | uuid.UUID) -> int:
-    """Expand a whole broadcast in this process, chunk after chunk; return chunks done.
-
-    For tests and operators: the same steps as the chained tasks.
-    """
-    chunks = 0
-    cursor: int | None = Broadcast.objects.values_list("expanded_through", flat=True).get(pk=broadcast_id)
-    while cursor is not None:
-        cursor = broadcast_expand_chunk(broadcast_id=broadcast_id, after=cursor)
-        chunks += 1
-    return chunks
-
-
 def sweep_broadcasts() -> int:
     """Restart the expansion of broadcasts that have not moved for a while (lost task)."""
     stalled = list(

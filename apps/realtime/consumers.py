@@ -20,6 +20,7 @@ from apps.ops.logging import correlation_context
 
 from . import presence
 from .bridge import mobile_group
+from .frames import message_frame
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
             )
             for payload in payloads:
                 self.catchup_ids.add(payload["id"])
-                await self.send_json({"type": "message", "message": payload})
+                await self.send_json(message_frame(payload))
             if last_seq is None:
                 return
             after_seq = last_seq
@@ -152,5 +153,5 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
                     # Already written by the catch-up of this connection.
                     self.catchup_ids.discard(payload["id"])
                     continue
-                await self.send_json({"type": "message", "message": payload})
+                await self.send_json(message_frame(payload))
             logger.debug("frames.written", extra={"count": len(event["messages"])})

@@ -28,5 +28,6 @@ def message_payload(message: Message) -> dict:
     }
 
 
-def message_frame(message: Message) -> dict:
-    return {"type": "message", "message": message_payload(message)}
+def message_frame(payload: dict) -> dict:
+    """Return the `message` frame for an M object made by `message_payload`."""
+    return {"type": "message", "message": payload}

@@ -50,7 +50,7 @@ def _fresh(message_id) -> Message:
 
 
 def _frame(message_id) -> dict:
-    return message_frame(_fresh(message_id))
+    return message_frame(message_payload(_fresh(message_id)))
 
 
 def _attempts(message_id) -> list[tuple[str, str, str]]:

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 from apps.accounts.services import token_create
 from apps.common.redis import redis_client
 
-from .factories import MobileUserFactory, SenderFactory
+from .factories import ConversationFactory, MobileUserFactory, SenderFactory
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +64,12 @@ def mobile_user(db):
 def stranger(db):
     """A mobile user that nothing in the test is addressed to."""
     return MobileUserFactory()
+
+
+@pytest.fixture
+def conversation(sender, mobile_user):
+    """An active conversation between `sender` and `mobile_user`."""
+    return ConversationFactory(business=sender, mobile=mobile_user)
 
 
 def client_for(principal) -> APIClient:

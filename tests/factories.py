@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from apps.accounts.models import MobileUser, User
 from apps.accounts.services import SENDER_DEFAULT_PERMISSIONS
+from apps.conversations.models import Conversation
 from apps.messaging.models import Message, Status
 
 
@@ -54,3 +55,13 @@ class MessageFactory(factory.django.DjangoModelFactory):
         # Mirror message_send: take the recipient's next number.
         MobileUser.objects.filter(pk=self.recipient.pk).update(last_seq=F("last_seq") + 1)
         return MobileUser.objects.values_list("last_seq", flat=True).get(pk=self.recipient.pk)
+
+
+class ConversationFactory(factory.django.DjangoModelFactory):
+    """An open conversation. Send into it with conversations.services, never by factory."""
+
+    class Meta:
+        model = Conversation
+
+    business = factory.SubFactory(SenderFactory)
+    mobile = factory.SubFactory(MobileUserFactory)

@@ -15,11 +15,22 @@ class Tier(models.TextChoices):
     ENTERPRISE = "enterprise"
 
 
+class PartyKind(models.TextChoices):
+    """The two kinds of people a message goes between (sender types in frames, socket kinds)."""
+
+    BUSINESS = "business"
+    MOBILE = "mobile"
+
+
 class User(AbstractUser):
     """A business user: sends messages and chats with mobile users."""
 
     tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.BASIC)
     display_name = models.CharField(max_length=200, blank=True)
+    # Last `seq` of the chat messages addressed to this business user (its own stream, kept
+    # like MobileUser.last_seq).
+    last_seq = models.BigIntegerField(default=0)
+    party_kind = PartyKind.BUSINESS
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
@@ -45,6 +56,7 @@ class MobileUser(models.Model):
     # stores the message, so the sequence is gapless.
     last_seq = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    party_kind = PartyKind.MOBILE
 
     # Duck-typed like a Django user so DRF and Channels can carry either kind of principal.
     is_authenticated = True
@@ -59,6 +71,10 @@ class MobileUser(models.Model):
 
     def has_perm(self, perm: str) -> bool:
         return False
+
+    @property
+    def display(self) -> str:
+        return self.name or self.phone_number
 
 
 class ApiToken(models.Model):

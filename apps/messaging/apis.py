@@ -45,7 +45,7 @@ CanSendBroadcast = sender_permission("send_broadcast")
 MAX_ATTACHMENTS = 5
 
 
-def _phone(value: str) -> str:
+def phone_field(value: str) -> str:
     try:
         return normalize_phone(value)
     except DjangoValidationError as exc:
@@ -68,7 +68,7 @@ class OneWayMessageInputSerializer(serializers.Serializer):
     )
 
     def validate_recipient_phone_number(self, value: str) -> str:
-        return _phone(value)
+        return phone_field(value)
 
     def validate_attachment_ids(self, value: list) -> list:
         if len(set(value)) != len(value):
@@ -129,7 +129,7 @@ class MessageListApi(APIView):
         created_before = serializers.DateTimeField(required=False)
 
         def validate_recipient(self, value: str) -> str:
-            return _phone(value)
+            return phone_field(value)
 
     @extend_schema(parameters=[FilterSerializer], responses=MessageSerializer(many=True))
     def get(self, request: Request) -> Response:
@@ -302,7 +302,7 @@ class BroadcastInputSerializer(serializers.Serializer):
     attachment_ids = serializers.ListField(child=serializers.UUIDField(), required=False, default=list)
 
     def validate_recipient_phone_numbers(self, value: list[str]) -> list[str]:
-        return [_phone(v) for v in value]
+        return [phone_field(v) for v in value]
 
     def validate_attachment_ids(self, value: list) -> list:
         # An upload belongs to one message; a broadcast would need a copy per recipient.

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import QuerySet, Value
+from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from .models import Message, Status
+from apps.accounts.models import PartyKind
+from apps.realtime import events
+
+from .models import Kind, Message, Status
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,8 @@ ALLOWED_SOURCES: dict[str, frozenset[str]] = {
 }
 
 TERMINAL = frozenset({Status.READ, Status.FAILED})
+# The statuses a chat message's author hears about in `status` frames.
+REPORTED = frozenset({Status.SENT, Status.DELIVERED, Status.READ, Status.FAILED})
 
 
 class InvalidTransition(ValueError):
@@ -52,6 +58,25 @@ def can_transition(source: str, target: str) -> bool:
 class Moved:
     id: uuid.UUID
     previous: str
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What a transition reads of each message it moves."""
+
+    id: uuid.UUID
+    previous: str
+    kind: str
+    conversation_id: uuid.UUID | None
+    sender_id: int | None
+    sender_mobile_id: int | None
+    recipient_id: int | None
+
+    @property
+    def author(self) -> tuple[str, int]:
+        if self.sender_id is not None:
+            return PartyKind.BUSINESS, self.sender_id
+        return PartyKind.MOBILE, self.sender_mobile_id
 
 
 def _stamps(target: str, now: datetime, reason: str) -> dict:
@@ -86,6 +111,10 @@ def transition(
     `changes` are further column updates made in the same statement (e.g. `next_attempt_at`).
     Rows are locked in primary-key order, so concurrent bulk transitions cannot deadlock, and
     the update repeats the status condition, so it stays a compare-and-set on any database.
+
+    Chat messages have two more consequences, kept here so that no status change can miss
+    them: becoming `read` lowers their conversation's unread counter for the recipient's side
+    (in the same transaction), and the author gets a `status` frame after commit.
     """
     if to not in ALLOWED_SOURCES:
         raise InvalidTransition(f"unknown status {to!r}")
@@ -94,16 +123,25 @@ def transition(
     sources = ALLOWED_SOURCES[to]
     now = now or timezone.now()
     with transaction.atomic():
-        rows = list(
-            messages.filter(status__in=sources).select_for_update().order_by("pk").values_list("pk", "status")
-        )
+        rows = [
+            _Row(*values)
+            for values in messages.filter(status__in=sources)
+            .select_for_update()
+            .order_by("pk")
+            .values_list(
+                "pk", "status", "kind", "conversation_id", "sender_id", "sender_mobile_id", "recipient_id"
+            )
+        ]
         if not rows:
             return []
-        ids = [pk for pk, _ in rows]
+        ids = [row.id for row in rows]
         updated = Message.objects.filter(pk__in=ids, status__in=sources).update(
             status=to, **_stamps(to, now, reason), **changes
         )
-    moved = [Moved(pk, previous) for pk, previous in rows]
+        chat = [row for row in rows if row.kind == Kind.CHAT]
+        if chat:
+            _chat_consequences(chat, to=to, now=now)
+    moved = [Moved(row.id, row.previous) for row in rows]
     if updated != len(moved):  # only possible without row locks (SQLite); the CAS still held
         logger.warning("message.transition_raced", extra={"expected": len(moved), "updated": updated})
     for item in moved:
@@ -112,6 +150,23 @@ def transition(
             extra={"message_id": str(item.id), "from": item.previous, "to": to, "reason": reason},
         )
     return moved
+
+
+def _chat_consequences(rows: list[_Row], *, to: str, now: datetime) -> None:
+    from apps.conversations.models import Conversation  # conversations' models import ours
+
+    if to == Status.READ:
+        # Every source of `read` counts as unread and `read` is never left, so each message
+        # lowers its counter exactly once.
+        for (conversation_id, to_mobile), n in Counter(
+            (row.conversation_id, row.recipient_id is not None) for row in rows
+        ).items():
+            field = "unread_mobile" if to_mobile else "unread_business"
+            Conversation.objects.filter(pk=conversation_id).update(**{field: F(field) - n})
+    if to in REPORTED:
+        changes = [(row.author, str(row.id)) for row in rows if row.previous != to]
+        if changes:
+            transaction.on_commit(lambda: events.statuses_changed(changes, status=to, at=now))
 
 
 def transition_one(message_id: uuid.UUID | str, *, to: str, **kwargs) -> bool:

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from apps.accounts.models import MobileUser
+from apps.accounts.models import MobileUser, PartyKind
 
 
 class Status(models.TextChoices):
@@ -86,14 +86,44 @@ class Broadcast(models.Model):
 
 
 class Message(models.Model):
-    """A message to one mobile user. `status` is written only by `lifecycle.transition`."""
+    """A one-way message to a mobile user, or a chat message in either direction.
+
+    Exactly one author (`sender`, a business user, or `sender_mobile`) and exactly one
+    recipient (`recipient`, a mobile user, or `recipient_business`); `seq` counts in the
+    recipient's stream. `status` is written only by `lifecycle.transition`.
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.ONE_WAY)
     sender = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sent_messages"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="sent_messages",
     )
-    recipient = models.ForeignKey(MobileUser, on_delete=models.PROTECT, related_name="messages")
+    sender_mobile = models.ForeignKey(
+        MobileUser, null=True, blank=True, on_delete=models.PROTECT, related_name="sent_messages"
+    )
+    recipient = models.ForeignKey(
+        MobileUser, null=True, blank=True, on_delete=models.PROTECT, related_name="messages"
+    )
+    recipient_business = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="inbox_messages",
+        db_index=False,  # led by the unique (recipient_business, seq) constraint
+    )
+    conversation = models.ForeignKey(
+        "conversations.Conversation",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="messages",
+        db_index=False,  # led by message_conversation_idx
+    )
     seq = models.BigIntegerField(help_text="Gapless, strictly increasing per recipient.")
     subject = models.CharField(max_length=200, blank=True)
     content = models.TextField()
@@ -122,6 +152,31 @@ class Message(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(fields=["recipient", "seq"], name="message_unique_recipient_seq"),
+            models.UniqueConstraint(
+                fields=["recipient_business", "seq"], name="message_unique_recipient_business_seq"
+            ),
+            models.CheckConstraint(
+                condition=Q(sender__isnull=False, sender_mobile__isnull=True)
+                | Q(sender__isnull=True, sender_mobile__isnull=False),
+                name="message_has_exactly_one_author",
+            ),
+            models.CheckConstraint(
+                condition=Q(recipient__isnull=False, recipient_business__isnull=True)
+                | Q(recipient__isnull=True, recipient_business__isnull=False),
+                name="message_has_exactly_one_recipient",
+            ),
+            # Chat messages live in a conversation; one-way messages go from a business to a
+            # mobile user and never belong to one, so nothing can answer them.
+            models.CheckConstraint(
+                condition=Q(kind="chat", conversation__isnull=False)
+                | Q(
+                    kind="one_way",
+                    conversation__isnull=True,
+                    sender__isnull=False,
+                    recipient__isnull=False,
+                ),
+                name="message_kind_matches_conversation",
+            ),
             # A broadcast reaches each recipient once, whatever its tasks do.
             models.UniqueConstraint(
                 fields=["broadcast", "recipient"],
@@ -135,6 +190,17 @@ class Message(models.Model):
                 fields=["recipient", "seq"],
                 condition=Q(status__in=["queued", "pending", "sent"]),
                 name="message_undelivered_idx",
+            ),
+            models.Index(
+                fields=["recipient_business", "seq"],
+                condition=Q(status__in=["queued", "pending", "sent"], recipient_business__isnull=False),
+                name="message_biz_undelivered_idx",
+            ),
+            # A conversation's messages, newest first (cursor pagination).
+            models.Index(
+                fields=["conversation", "-created_at", "-id"],
+                condition=Q(conversation__isnull=False),
+                name="message_conversation_idx",
             ),
             # Sweeps: due work by status.
             models.Index(
@@ -153,7 +219,21 @@ class Message(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.id} → {self.recipient_id} #{self.seq} ({self.status})"
+        return f"{self.id} → {self.recipient_party} #{self.seq} ({self.status})"
+
+    @property
+    def recipient_party(self) -> tuple[str, int]:
+        """Return the recipient as (PartyKind, id): whose stream `seq` counts in."""
+        if self.recipient_id is not None:
+            return PartyKind.MOBILE, self.recipient_id
+        return PartyKind.BUSINESS, self.recipient_business_id
+
+    @property
+    def author_party(self) -> tuple[str, int]:
+        """Return the author as (PartyKind, id)."""
+        if self.sender_id is not None:
+            return PartyKind.BUSINESS, self.sender_id
+        return PartyKind.MOBILE, self.sender_mobile_id
 
 
 class Channel(models.TextChoices):

@@ -8,7 +8,7 @@ from datetime import datetime
 from django.db.models import Count, Prefetch, Q, QuerySet
 from django.utils import timezone
 
-from apps.accounts.models import User
+from apps.accounts.models import PartyKind, User
 
 from .models import Broadcast, DeadLetter, DeliveryAttempt, Message, Status
 
@@ -69,22 +69,35 @@ def message_get_for_sender(*, sender: User, message_id: object) -> Message | Non
     )
 
 
-def undelivered_for_recipient(*, recipient_id: int, after_seq: int = 0) -> QuerySet[Message]:
+def inbox(recipient_id: int, kind: str = PartyKind.MOBILE) -> Q:
+    """Return the condition for the messages addressed to a user of `kind` (its seq stream)."""
+    if kind == PartyKind.BUSINESS:
+        return Q(recipient_business_id=recipient_id)
+    return Q(recipient_id=recipient_id)
+
+
+def with_parties(messages: QuerySet[Message]) -> QuerySet[Message]:
+    """Return `messages` with what a frame payload reads: both parties, attachments."""
+    return messages.select_related("sender", "sender_mobile").prefetch_related("attachments")
+
+
+def undelivered_for_recipient(
+    *, recipient_id: int, after_seq: int = 0, kind: str = PartyKind.MOBILE
+) -> QuerySet[Message]:
     """Return the recipient's undelivered, unexpired messages after `after_seq`, in seq order."""
     now = timezone.now()
-    return (
-        Message.objects.filter(recipient_id=recipient_id, status__in=UNDELIVERED, seq__gt=after_seq)
+    return with_parties(
+        Message.objects.filter(inbox(recipient_id, kind), status__in=UNDELIVERED, seq__gt=after_seq)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        .select_related("sender")
-        .prefetch_related("attachments")
         .order_by("seq")
     )
 
 
 def has_earlier_undelivered(*, message: Message) -> bool:
     """Return whether the recipient has an undelivered message before `message` (strict mode)."""
+    kind, recipient_id = message.recipient_party
     return Message.objects.filter(
-        recipient_id=message.recipient_id, seq__lt=message.seq, status__in=UNDELIVERED
+        inbox(recipient_id, kind), seq__lt=message.seq, status__in=UNDELIVERED
     ).exists()
 
 
@@ -96,16 +109,20 @@ def dead_letters_visible_to(*, user: User) -> QuerySet[DeadLetter]:
     return qs
 
 
-def pending_recipients_due(*, limit: int) -> list[int]:
-    """Return recipients that have `pending` messages due for another try."""
+def pending_recipients_due(*, limit: int) -> list[tuple[str, int]]:
+    """Return recipients, as (kind, id), that have `pending` messages due for another try."""
     now = timezone.now()
-    return list(
+    pairs = (
         Message.objects.filter(status=Status.PENDING)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .order_by()
-        .values_list("recipient_id", flat=True)
+        .values_list("recipient_id", "recipient_business_id")
         .distinct()[:limit]
     )
+    return [
+        (PartyKind.MOBILE, mobile) if mobile is not None else (PartyKind.BUSINESS, business)
+        for mobile, business in pairs
+    ]
 
 
 def broadcast_get_for_sender(*, sender: User, broadcast_id: object) -> Broadcast | None:

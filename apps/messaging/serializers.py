@@ -46,8 +46,8 @@ class MessageSerializer(serializers.ModelSerializer):
         ]
 
     @extend_schema_field(serializers.UUIDField(allow_null=True))
-    def get_conversation_id(self, message: Message) -> None:
-        return None
+    def get_conversation_id(self, message: Message) -> str | None:
+        return str(message.conversation_id) if message.conversation_id else None
 
     @extend_schema_field(AttachmentSerializer(many=True))
     def get_attachments(self, message: Message) -> list[dict]:

@@ -20,7 +20,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Prefetch, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
-from apps.accounts.models import MobileUser, User
+from apps.accounts.models import MobileUser, PartyKind, User
 from apps.devices.services import push_schedule
 from apps.media.models import Media
 from apps.media.services import media_attach
@@ -44,9 +44,11 @@ from .models import (
 )
 from .selectors import (
     has_earlier_undelivered,
+    inbox,
     parse_uuid,
     pending_recipients_due,
     undelivered_for_recipient,
+    with_parties,
 )
 
 logger = logging.getLogger(__name__)
@@ -99,31 +101,83 @@ def message_send(
         if not bumped:
             raise RecipientNotFound(f"No active mobile user has the phone number {recipient_phone_number}.")
         recipient = MobileUser.objects.get(phone_number=recipient_phone_number)
-        seq = recipient.last_seq
-        now = timezone.now()
-        message = Message.objects.create(
-            kind=Kind.ONE_WAY,
-            sender=sender,
-            recipient=recipient,
-            seq=seq,
-            subject=subject,
-            content=content,
-            content_type=content_type,
-            priority=priority,
-            status=Status.QUEUED,
-            next_attempt_at=_dispatch_deadline(now),
-            ttl_seconds=ttl_seconds,
-            expires_at=now + timedelta(seconds=ttl_seconds) if ttl_seconds else None,
-            correlation_id=get_correlation_id(),
+        message = _message_store(
+            Message(
+                kind=Kind.ONE_WAY,
+                sender=sender,
+                recipient=recipient,
+                seq=recipient.last_seq,
+                subject=subject,
+                content=content,
+                content_type=content_type,
+                priority=priority,
+                ttl_seconds=ttl_seconds,
+            ),
+            uploader=sender,
+            attachment_ids=attachment_ids,
         )
-        media_ids = list(attachment_ids)
-        media_attach(message=message, uploader=sender, media_ids=media_ids)
-        if not media_ids:
-            # Nothing attached: the caller's representation needs no query to learn that.
-            prefetch_related_objects([message], Prefetch("attachments", queryset=Media.objects.none()))
-        rows = [(message.pk, message.priority)]
-        transaction.on_commit(lambda: messages_dispatch(rows))
-    logger.info("message.accepted", extra={"message_id": str(message.pk), "seq": seq})
+    return message
+
+
+def chat_message_store(
+    *,
+    conversation_id: uuid.UUID,
+    author: User | MobileUser,
+    recipient: User | MobileUser,
+    content: str,
+    content_type: str = "text",
+    attachment_ids: Iterable[uuid.UUID] = (),
+) -> Message:
+    """Persist a chat message with the recipient's next `seq` (its own stream); dispatch after commit.
+
+    Runs in the caller's transaction, which owns the conversation (conversations.services).
+    Raise RecipientNotFound when the recipient was deactivated: nothing is stored then.
+    """
+    model = type(recipient)
+    with transaction.atomic():
+        # As in message_send: the increment locks the recipient's row until commit.
+        if not model.objects.filter(pk=recipient.pk, is_active=True).update(last_seq=F("last_seq") + 1):
+            raise RecipientNotFound("The other participant of this conversation is no longer active.")
+        seq = model.objects.filter(pk=recipient.pk).values_list("last_seq", flat=True).get()
+        to_mobile = recipient.party_kind == PartyKind.MOBILE
+        by_mobile = author.party_kind == PartyKind.MOBILE
+        return _message_store(
+            Message(
+                kind=Kind.CHAT,
+                conversation_id=conversation_id,
+                sender=None if by_mobile else author,
+                sender_mobile=author if by_mobile else None,
+                recipient=recipient if to_mobile else None,
+                recipient_business=None if to_mobile else recipient,
+                seq=seq,
+                content=content,
+                content_type=content_type,
+                # Someone is waiting for the answer: chat takes the fast lane.
+                priority=Priority.HIGH,
+            ),
+            uploader=author,
+            attachment_ids=attachment_ids,
+        )
+
+
+def _message_store(
+    message: Message, *, uploader: User | MobileUser, attachment_ids: Iterable[uuid.UUID]
+) -> Message:
+    """Insert `message` as `queued` with its attachments; dispatch it after commit."""
+    now = timezone.now()
+    message.status = Status.QUEUED
+    message.next_attempt_at = _dispatch_deadline(now)
+    message.expires_at = now + timedelta(seconds=message.ttl_seconds) if message.ttl_seconds else None
+    message.correlation_id = get_correlation_id()
+    message.save(force_insert=True)
+    media_ids = list(attachment_ids)
+    media_attach(message=message, uploader=uploader, media_ids=media_ids)
+    if not media_ids:
+        # Nothing attached: the caller's representation needs no query to learn that.
+        prefetch_related_objects([message], Prefetch("attachments", queryset=Media.objects.none()))
+    rows = [(message.pk, message.priority)]
+    transaction.on_commit(lambda: messages_dispatch(rows))
+    logger.info("message.accepted", extra={"message_id": str(message.pk), "seq": message.seq})
     return message
 
 
@@ -213,9 +267,8 @@ def messages_dispatch(rows: Iterable[tuple[uuid.UUID, str]], *, countdown: float
 def message_deliver(*, message_id: str | uuid.UUID) -> str:
     """Try to deliver one message now; return what happened (for logs and tests)."""
     message = (
-        Message.objects.select_related("sender", "recipient")
-        .prefetch_related("attachments")
-        .filter(pk=message_id)
+        with_parties(Message.objects.filter(pk=message_id))
+        .select_related("recipient", "recipient_business")
         .first()
     )
     if message is None or message.status not in (Status.QUEUED, Status.PENDING):
@@ -224,7 +277,8 @@ def message_deliver(*, message_id: str | uuid.UUID) -> str:
     if message.expires_at and message.expires_at <= now:
         messages_fail(Message.objects.filter(pk=message.pk), reason="expired")
         return "expired"
-    if not message.recipient.is_active:
+    kind, recipient_id = message.recipient_party
+    if not (message.recipient or message.recipient_business).is_active:
         # Permanent: retrying cannot help, so it goes to the dead letters at once.
         messages_fail(Message.objects.filter(pk=message.pk), reason="recipient deactivated")
         return "failed"
@@ -242,7 +296,7 @@ def message_deliver(*, message_id: str | uuid.UUID) -> str:
             next_attempt_at=None,
         )
         return "held"
-    if not presence.is_online(message.recipient_id):
+    if not presence.is_online(recipient_id, kind):
         with transaction.atomic():
             moved = lifecycle.transition(
                 Message.objects.filter(pk=message.pk, status=Status.QUEUED),
@@ -251,22 +305,23 @@ def message_deliver(*, message_id: str | uuid.UUID) -> str:
             )
             if moved:
                 _record_attempts([message.pk], Outcome.OFFLINE, now=now, error="recipient offline")
-                transaction.on_commit(lambda: push_schedule(recipient_id=message.recipient_id))
+                if kind == PartyKind.MOBILE:  # business users have no devices to wake
+                    transaction.on_commit(lambda: push_schedule(recipient_id=recipient_id))
         return "offline"
     messages_write([message])
     return "sent"
 
 
-def recipient_deliver_backlog(*, recipient_id: int) -> int:
+def recipient_deliver_backlog(*, recipient_id: int, kind: str = PartyKind.MOBILE) -> int:
     """Write the recipient's due `pending` messages to its connections, in seq order.
 
     In strict mode only the first undelivered message goes, and only when nothing is in flight.
     Return how many were written.
     """
-    if not presence.is_online(recipient_id):
+    if not presence.is_online(recipient_id, kind):
         return 0
     now = timezone.now()
-    undelivered = undelivered_for_recipient(recipient_id=recipient_id)
+    undelivered = undelivered_for_recipient(recipient_id=recipient_id, kind=kind)
     if _strict():
         first = undelivered.first()
         if first is None or first.status == Status.SENT:
@@ -295,28 +350,28 @@ def messages_write(messages: list[Message]) -> int:
     if not messages:
         return 0
     moved = messages_mark_sent([m.pk for m in messages])
-    by_recipient: dict[int, list[dict]] = defaultdict(list)
-    ids_of: dict[int, list[uuid.UUID]] = defaultdict(list)
+    by_recipient: dict[str, list[dict]] = defaultdict(list)
+    ids_of: dict[str, list[uuid.UUID]] = defaultdict(list)
     for m in messages:
         if m.pk in moved:
-            by_recipient[m.recipient_id].append(message_payload(m))
-            ids_of[m.recipient_id].append(m.pk)
+            group = bridge.party_group(*m.recipient_party)
+            by_recipient[group].append(message_payload(m))
+            ids_of[group].append(m.pk)
     correlation_id = get_correlation_id()
     unsent: list[uuid.UUID] = []
     error: Exception | None = None
-    for recipient_id, payloads in by_recipient.items():
+    for group, payloads in by_recipient.items():
         if error is not None:
             # The layer just failed (or its breaker opened): do not hammer it for every recipient.
-            unsent += ids_of[recipient_id]
+            unsent += ids_of[group]
             continue
         try:
             bridge.group_send(
-                bridge.mobile_group(recipient_id),
-                {"type": "deliver.messages", "messages": payloads, "correlation_id": correlation_id},
+                group, {"type": "deliver.messages", "messages": payloads, "correlation_id": correlation_id}
             )
         except Exception as exc:  # noqa: BLE001 - re-raised below, after the bookkeeping
             error = exc
-            unsent += ids_of[recipient_id]
+            unsent += ids_of[group]
     if error is not None:
         with transaction.atomic():
             back = lifecycle.transition(
@@ -345,7 +400,9 @@ def messages_mark_sent(message_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     return ids
 
 
-def catchup_chunk(*, recipient_id: int, after_seq: int, limit: int) -> tuple[list[dict], int | None]:
+def catchup_chunk(
+    *, recipient_id: int, after_seq: int, limit: int, kind: str = PartyKind.MOBILE
+) -> tuple[list[dict], int | None]:
     """Claim the next chunk of the recipient's undelivered messages for a (re)connected socket.
 
     Return their frame payloads in seq order and the last seq looked at (None when done). The
@@ -356,7 +413,7 @@ def catchup_chunk(*, recipient_id: int, after_seq: int, limit: int) -> tuple[lis
         if after_seq:
             return [], None
         limit = 1
-    batch = list(undelivered_for_recipient(recipient_id=recipient_id, after_seq=after_seq)[:limit])
+    batch = list(undelivered_for_recipient(recipient_id=recipient_id, after_seq=after_seq, kind=kind)[:limit])
     if not batch:
         return [], None
     moved = messages_mark_sent([m.pk for m in batch])
@@ -382,51 +439,58 @@ def _close_open_attempts(message_ids: Iterable[uuid.UUID], outcome: str, error: 
 # --- Receipts from the device ---------------------------------------------------------------
 
 
-def _own_messages(recipient_id: int, message_ids: Iterable[object]) -> QuerySet[Message]:
+def _own_messages(recipient_id: int, message_ids: Iterable[object], kind: str) -> QuerySet[Message]:
     ids = [pk for pk in (parse_uuid(v) for v in message_ids) if pk is not None]
-    return Message.objects.filter(recipient_id=recipient_id, pk__in=ids)
+    return Message.objects.filter(inbox(recipient_id, kind), pk__in=ids)
 
 
-def messages_acknowledge(*, recipient_id: int, message_ids: Iterable[object]) -> list[uuid.UUID]:
+def messages_acknowledge(
+    *, recipient_id: int, message_ids: Iterable[object], kind: str = PartyKind.MOBILE
+) -> list[uuid.UUID]:
     """Mark the recipient's messages delivered; ids that are not its own are ignored."""
-    return _receipt(recipient_id, message_ids, Status.DELIVERED)
+    return _receipt(recipient_id, kind, message_ids, Status.DELIVERED)
 
 
-def messages_mark_read(*, recipient_id: int, message_ids: Iterable[object]) -> list[uuid.UUID]:
+def messages_mark_read(
+    *, recipient_id: int, message_ids: Iterable[object], kind: str = PartyKind.MOBILE
+) -> list[uuid.UUID]:
     """Mark the recipient's messages read (and delivered, if the ack was lost)."""
-    return _receipt(recipient_id, message_ids, Status.READ)
+    return _receipt(recipient_id, kind, message_ids, Status.READ)
 
 
-def _receipt(recipient_id: int, message_ids: Iterable[object], target: str) -> list[uuid.UUID]:
+def _receipt(recipient_id: int, kind: str, message_ids: Iterable[object], target: str) -> list[uuid.UUID]:
     with transaction.atomic():
-        moved = lifecycle.transition(_own_messages(recipient_id, message_ids), to=target)
+        moved = lifecycle.transition(_own_messages(recipient_id, message_ids, kind), to=target)
         ids = [m.id for m in moved]
         if ids:
             _close_open_attempts(ids, Outcome.ACKED)
         if ids and _strict():
-            transaction.on_commit(lambda: _enqueue_backlog(recipient_id))
+            transaction.on_commit(lambda: _enqueue_backlog(recipient_id, kind))
     return ids
 
 
-def _enqueue_backlog(recipient_id: int) -> None:
+def _enqueue_backlog(recipient_id: int, kind: str = PartyKind.MOBILE) -> None:
     from .tasks import deliver_backlog
 
     try:
-        deliver_backlog.delay(recipient_id)
+        deliver_backlog.delay(recipient_id, kind)
     except Exception as exc:  # noqa: BLE001 - the pending sweep will get to it
         logger.warning(
             "message.backlog_dispatch_failed", extra={"recipient_id": recipient_id, "error": repr(exc)}
         )
 
 
-def messages_release_unacked(*, recipient_ids: Iterable[int], reason: str) -> list[uuid.UUID]:
+def messages_release_unacked(
+    *, recipient_ids: Iterable[int], reason: str, kind: str = PartyKind.MOBILE
+) -> list[uuid.UUID]:
     """Move recipients' `sent` messages back to `pending` (their connections are gone).
 
-    The recipients are offline now, so each one with a released message gets a wake-up push.
+    The recipients are offline now, so each mobile one with a released message gets a wake-up push.
     """
+    field = "recipient_business_id__in" if kind == PartyKind.BUSINESS else "recipient_id__in"
     with transaction.atomic():
         moved = lifecycle.transition(
-            Message.objects.filter(recipient_id__in=list(recipient_ids), status=Status.SENT),
+            Message.objects.filter(**{field: list(recipient_ids)}, status=Status.SENT),
             to=Status.PENDING,
             reason=reason,
             next_attempt_at=None,
@@ -434,6 +498,7 @@ def messages_release_unacked(*, recipient_ids: Iterable[int], reason: str) -> li
         ids = [m.id for m in moved]
         if ids:
             _close_open_attempts(ids, Outcome.OFFLINE, error=reason)
+        if ids and kind == PartyKind.MOBILE:
             released_to = set(Message.objects.filter(pk__in=ids).values_list("recipient_id", flat=True))
             for recipient_id in released_to:
                 transaction.on_commit(lambda rid=recipient_id: push_schedule(recipient_id=rid))
@@ -456,7 +521,7 @@ def messages_fail(
         if not ids:
             return []
         _close_open_attempts(ids, attempt_outcome, error=reason)
-        failed = Message.objects.filter(pk__in=ids).select_related("recipient")
+        failed = Message.objects.filter(pk__in=ids).select_related("recipient", "recipient_business")
         DeadLetter.objects.bulk_create(
             [DeadLetter(message=m, reason=reason[:500], payload=_snapshot(m)) for m in failed],
             ignore_conflicts=True,
@@ -470,7 +535,9 @@ def _snapshot(message: Message) -> dict:
     return {
         "id": str(message.pk),
         "kind": message.kind,
-        "recipient_phone_number": message.recipient.phone_number,
+        "conversation_id": str(message.conversation_id) if message.conversation_id else None,
+        "recipient_phone_number": message.recipient.phone_number if message.recipient else None,
+        "recipient_business": message.recipient_business.username if message.recipient_business else None,
         "seq": message.seq,
         "subject": message.subject,
         "content": message.content,
@@ -569,16 +636,20 @@ def sweep_pending(*, limit: int | None = None) -> int:
     from .tasks import deliver_backlog
 
     recipients = pending_recipients_due_online(limit=limit or settings.MESSAGING_SWEEP_BATCH)
-    for recipient_id in recipients:
-        deliver_backlog.delay(recipient_id)
+    for kind, recipient_id in recipients:
+        deliver_backlog.delay(recipient_id, kind)
     return len(recipients)
 
 
-def pending_recipients_due_online(*, limit: int) -> list[int]:
-    """Return the recipients with due `pending` messages that are online now."""
+def pending_recipients_due_online(*, limit: int) -> list[tuple[str, int]]:
+    """Return the recipients, as (kind, id), with due `pending` messages that are online now."""
     candidates = pending_recipients_due(limit=limit)
-    online = presence.online_user_ids(candidates)
-    return [rid for rid in candidates if rid in online]
+    online = {
+        (kind, uid)
+        for kind in PartyKind.values
+        for uid in presence.online_user_ids((i for k, i in candidates if k == kind), kind=kind)
+    }
+    return [pair for pair in candidates if pair in online]
 
 
 def sweep_queued(*, limit: int | None = None) -> int:
@@ -621,9 +692,11 @@ def sweep_expired(*, limit: int | None = None) -> int:
 def sweep_stale_connections() -> int:
     """Mark connections without a heartbeat offline and release their unacked messages."""
     offline, dropped = presence.stale_connections()
-    released = (
-        messages_release_unacked(recipient_ids=offline, reason="connection went stale") if offline else []
-    )
+    released: list[uuid.UUID] = []
+    for kind in PartyKind.values:
+        ids = [uid for k, uid in offline if k == kind]
+        if ids:
+            released += messages_release_unacked(recipient_ids=ids, reason="connection went stale", kind=kind)
     if offline or dropped:
         logger.info(
             "presence.stale_sweep",

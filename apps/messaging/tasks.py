@@ -51,8 +51,8 @@ def deliver_message(message_id: str, correlation_id: str = "") -> str:
 
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=8)
-def deliver_backlog(recipient_id: int) -> int:
-    return services.recipient_deliver_backlog(recipient_id=recipient_id)
+def deliver_backlog(recipient_id: int, kind: str = "mobile") -> int:
+    return services.recipient_deliver_backlog(recipient_id=recipient_id, kind=kind)
 
 
 @shared_task(acks_late=True)

@@ -59,3 +59,8 @@ def group_send(group: str, event: dict) -> None:
 
 def mobile_group(user_id: int) -> str:
     return f"mobile.{user_id}"
+
+
+def party_group(kind: str, user_id: int) -> str:
+    """Return the group of every open connection of a user: `mobile.<id>` or `business.<id>`."""
+    return f"{kind}.{user_id}"

@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "channels",
     "apps.accounts",
     "apps.messaging",
+    "apps.conversations",
     "apps.realtime",
     "apps.ops",
     "apps.media",
@@ -301,7 +302,9 @@ MEDIA_CLEANUP_BATCH = env.int("MEDIA_CLEANUP_BATCH", default=500)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 1 * _MB
 # Media and messages both have a `status` enum: name each in the OpenAPI schema.
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
-    StatusEnum="apps.messaging.models.Status", MediaStatusEnum="apps.media.models.MediaStatus"
+    StatusEnum="apps.messaging.models.Status",
+    MediaStatusEnum="apps.media.models.MediaStatus",
+    ConversationStatusEnum="apps.conversations.models.ConversationStatus",
 )
 
 # --- Logging: JSON lines with the correlation id ------------------------------------------

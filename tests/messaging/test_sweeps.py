@@ -286,7 +286,7 @@ def test_pending_sweep_dispatches_backlog_only_for_online_recipients_with_due_me
 
     assert services.sweep_pending() == 1
 
-    assert queued_tasks(redis) == [(BACKLOG_TASK, [due_online.pk])]
+    assert queued_tasks(redis) == [(BACKLOG_TASK, [due_online.pk, "mobile"])]
     # The sweep only dispatches; statuses are the backlog task's business.
     assert _rows() == before
 

@@ -103,7 +103,7 @@ def test_stale_connections_returns_users_with_no_live_connection(redis):
     presence.connection_seen(user_id=USER, channel_name="c1", now=NOW - _stale() - 1)
     presence.connection_seen(user_id=OTHER, channel_name="c1", now=NOW - 1)
     offline, dropped = presence.stale_connections(now=NOW)
-    assert offline == {USER}
+    assert offline == {("mobile", USER)}
     # A stale record younger than the record TTL is kept (the user may still heartbeat).
     assert dropped == 0
     assert _members(redis) == {f"{USER}|c1", f"{OTHER}|c1"}
@@ -117,13 +117,13 @@ def test_stale_connections_drops_records_older_than_the_record_ttl(redis):
 
     offline, dropped = presence.stale_connections(now=NOW)
 
-    assert offline == {USER}
+    assert offline == {("mobile", USER)}
     assert dropped == 2
     assert _fields(redis, USER) == {"stale"}
     assert _fields(redis, OTHER) == {"live"}
     assert _members(redis) == {f"{USER}|stale", f"{OTHER}|live"}
     # Running it again finds the same offline user but drops nothing more.
-    assert presence.stale_connections(now=NOW) == ({USER}, 0)
+    assert presence.stale_connections(now=NOW) == ({("mobile", USER)}, 0)
 
 
 def test_stale_connections_without_connections_finds_nothing(redis):
@@ -133,7 +133,7 @@ def test_stale_connections_without_connections_finds_nothing(redis):
 def test_channel_names_with_separator_characters_round_trip(redis):
     name = "specific.abc!def|ghi"
     presence.connection_seen(user_id=USER, channel_name=name, now=NOW - _ttl() - 1)
-    assert presence.stale_connections(now=NOW) == ({USER}, 1)
+    assert presence.stale_connections(now=NOW) == ({("mobile", USER)}, 1)
     assert _fields(redis, USER) == set()
     assert _members(redis) == set()
 
@@ -166,8 +166,20 @@ def test_presence_agrees_with_heartbeat_ages(connections, redis):
 
     assert presence.online_user_ids(list(connections), now=NOW) == live
     offline, dropped = presence.stale_connections(now=NOW)
-    assert offline == stale - live
+    assert offline == {("mobile", u) for u in stale - live}
     assert dropped == total - len(kept)
     assert _members(client) == kept
     # Dropping records never changes who is online.
     assert presence.online_user_ids(list(connections), now=NOW) == live
+
+
+def test_business_and_mobile_users_with_one_id_have_separate_presence(redis):
+    presence.connection_seen(user_id=USER, channel_name="c1", kind="business", now=NOW - _stale() - 1)
+    presence.connection_seen(user_id=USER, channel_name="c2", now=NOW)
+
+    assert presence.online_user_ids([USER], now=NOW) == {USER}
+    assert presence.online_user_ids([USER], kind="business", now=NOW) == set()
+    offline, _ = presence.stale_connections(now=NOW)
+    assert offline == {("business", USER)}
+    presence.connection_closed(user_id=USER, channel_name="c2")
+    assert presence.online_user_ids([USER], now=NOW) == set()

@@ -122,7 +122,9 @@ def transition(
         raise InvalidTransition("the target status is given by `to`")
     sources = ALLOWED_SOURCES[to]
     now = now or timezone.now()
-    with transaction.atomic():
+    # No savepoint: nothing here catches a database error, so the caller's transaction (if any)
+    # fails as a whole, and a receipt costs two round trips less.
+    with transaction.atomic(savepoint=False):
         rows = [
             _Row(*values)
             for values in messages.filter(status__in=sources)

@@ -15,7 +15,7 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
-from apps.common.breaker import CHANNEL_LAYER, breaker
+from apps.common.breaker import CHANNEL_LAYER, CircuitOpen, breaker
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -55,6 +55,34 @@ def group_send(group: str, event: dict) -> None:
     """
     with breaker(CHANNEL_LAYER).guard():
         run(get_channel_layer().group_send(group, event))
+
+
+def group_send_many(events: list[tuple[str, dict]]) -> list[BaseException | None]:
+    """Send each (group, event) concurrently; return each one's exception, or None if it went.
+
+    One delivery round counts as one call to the channel layer's breaker: a failure of any
+    send counts as a failure. While the breaker is open this raises CircuitOpen at once.
+    """
+    if not events:
+        return []
+    layer = get_channel_layer()
+
+    async def send_all() -> list[BaseException | None]:
+        results = await asyncio.gather(
+            *(layer.group_send(group, event) for group, event in events), return_exceptions=True
+        )
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    guard = breaker(CHANNEL_LAYER)
+    if not guard.allow():
+        raise CircuitOpen(CHANNEL_LAYER)
+    try:
+        outcomes = run(send_all())
+    except BaseException:
+        guard.record(ok=False)
+        raise
+    guard.record(ok=not any(outcomes))
+    return outcomes
 
 
 def mobile_group(user_id: int) -> str:

@@ -373,10 +373,10 @@ def test_channel_layer_down_returns_message_to_pending_and_raises_for_retry(
 ):
     message = _send(sender, mobile_user)
 
-    def unreachable(group, event):
+    def unreachable(events):
         raise ConnectionError("channel layer down")
 
-    monkeypatch.setattr(bridge, "group_send", unreachable)
+    monkeypatch.setattr(bridge, "group_send_many", unreachable)
     with pytest.raises(ConnectionError):
         services.message_deliver(message_id=message.pk)
 
@@ -392,16 +392,40 @@ def test_ack_arriving_before_the_task_returns_finds_the_attempt_recorded(
 ):
     """The device may ack while group_send is still returning: the bookkeeping is already there."""
     message = _send(sender, mobile_user)
-    real_send = bridge.group_send
+    real_send = bridge.group_send_many
 
-    def send_then_ack(group, event):
-        real_send(group, event)
+    def send_then_ack(events):
+        outcomes = real_send(events)
         services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[str(message.pk)])
+        return outcomes
 
-    monkeypatch.setattr(bridge, "group_send", send_then_ack)
+    monkeypatch.setattr(bridge, "group_send_many", send_then_ack)
     assert services.message_deliver(message_id=message.pk) == "sent"
 
     message.refresh_from_db()
     assert message.status == Status.DELIVERED
     assert message.sent_at is not None and message.sent_at <= message.delivered_at
     assert _attempts(message) == [(Channel.WEBSOCKET, Outcome.ACKED)]
+
+
+def test_a_failed_group_send_returns_only_its_recipients_messages_to_pending(
+    sender, mobile_user, stranger, redis, monkeypatch
+):
+    for user in (mobile_user, stranger):
+        presence.connection_seen(user_id=user.pk, channel_name=f"test.{user.pk}")
+    first, second = _send(sender, mobile_user), _send(sender, stranger)
+    real_send = bridge.group_send_many
+
+    def first_group_fails(events):
+        return [ConnectionError("lost"), *real_send(events[1:])]
+
+    monkeypatch.setattr(bridge, "group_send_many", first_group_fails)
+    with pytest.raises(ConnectionError):
+        services.messages_write(
+            list(Message.objects.filter(pk__in=[first.pk, second.pk]).order_by("seq", "recipient_id"))
+        )
+
+    statuses = dict(Message.objects.values_list("pk", "status"))
+    assert statuses == {first.pk: Status.PENDING, second.pk: Status.SENT}
+    assert _attempts(first) == [(Channel.WEBSOCKET, Outcome.ERROR)]
+    assert _attempts(second) == [(Channel.WEBSOCKET, Outcome.SENT)]

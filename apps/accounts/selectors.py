@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+from django.conf import settings
 from django.utils import timezone
 
 from apps.common.redis import redis_client
@@ -9,14 +12,40 @@ from apps.common.redis import redis_client
 from .models import ApiToken, MobileUser, User
 from .services import TICKET_PREFIX
 
+# Token digest -> (monotonic expiry, principal). The principal object keeps Django's permission
+# cache, so a cached sender costs no query at all for authentication and permission checks.
+_principals: dict[str, tuple[float, User | MobileUser]] = {}
+_CACHE_MAX_ENTRIES = 10_000
+
 
 def principal_for_token(*, key: str) -> User | MobileUser | None:
-    """Return the active owner of the token `key`, or None."""
+    """Return the active owner of the token `key`, or None.
+
+    A principal found is remembered in this process for AUTH_TOKEN_CACHE_SECONDS: revoking a
+    token, deactivating its owner or changing permissions takes up to that long to apply.
+    """
     if not key or len(key) > 128:
         return None
-    token = (
-        ApiToken.objects.select_related("user", "mobile_user").filter(digest=ApiToken.digest_of(key)).first()
-    )
+    digest = ApiToken.digest_of(key)
+    ttl = settings.AUTH_TOKEN_CACHE_SECONDS
+    hit = _principals.get(digest) if ttl > 0 else None
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    principal = _principal_for_digest(digest)
+    if principal is not None and ttl > 0:
+        if len(_principals) >= _CACHE_MAX_ENTRIES:
+            _principals.clear()
+        _principals[digest] = (time.monotonic() + ttl, principal)
+    return principal
+
+
+def principal_cache_clear() -> None:
+    """Forget every remembered principal (tests, and after revoking tokens in this process)."""
+    _principals.clear()
+
+
+def _principal_for_digest(digest: str) -> User | MobileUser | None:
+    token = ApiToken.objects.select_related("user", "mobile_user").filter(digest=digest).first()
     if token is None:
         return None
     principal = token.principal

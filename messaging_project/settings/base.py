@@ -204,6 +204,9 @@ MESSAGING_SWEEP_BATCH = env.int("MESSAGING_SWEEP_BATCH", default=1000)
 MESSAGING_CATCHUP_CHUNK = env.int("MESSAGING_CATCHUP_CHUNK", default=500)
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48)
 REALTIME_TICKET_TTL_SECONDS = 60
+# Each process remembers a token's owner (with its permissions) this long: revocation and
+# permission changes take up to this long to apply; 0 looks every token up on every request.
+AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=10)
 
 # --- Flow control (SPEC.md section 4) ------------------------------------------------------
 # Per-tier send limits are fixed by the spec (apps/messaging/flow.py); this switch exists for

@@ -164,3 +164,51 @@ def test_token_keys_never_start_with_a_dash(sender, monkeypatch):
     monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(keys))
 
     assert token_create(owner=sender) == "second-try-is-fine"
+
+
+# --- the per-process principal cache ----------------------------------------------------------
+
+
+@pytest.fixture
+def token_cache(settings):
+    from apps.accounts.selectors import principal_cache_clear
+
+    settings.AUTH_TOKEN_CACHE_SECONDS = 10
+    principal_cache_clear()
+    yield
+    principal_cache_clear()
+
+
+def test_a_remembered_sender_is_authenticated_and_authorised_without_a_query(
+    token_cache, sender, django_assert_num_queries
+):
+    key = token_create(owner=sender)
+    first = principal_for_token(key=key)
+    assert first.has_perm("accounts.send_message")
+
+    with django_assert_num_queries(0):
+        again = principal_for_token(key=key)
+        assert again.has_perm("accounts.send_message")
+    assert again == sender
+
+
+def test_a_deactivated_owner_is_refused_once_its_cache_entry_expires(token_cache, sender, monkeypatch):
+    import time as real_time
+
+    from apps.accounts import selectors
+
+    key = token_create(owner=sender)
+    assert principal_for_token(key=key) == sender
+    User.objects.filter(pk=sender.pk).update(is_active=False)
+    assert principal_for_token(key=key) == sender  # within AUTH_TOKEN_CACHE_SECONDS
+
+    later = real_time.monotonic() + 11
+    monkeypatch.setattr(selectors.time, "monotonic", lambda: later)
+    assert principal_for_token(key=key) is None
+
+
+def test_unknown_tokens_are_never_remembered(token_cache, sender, django_assert_num_queries):
+    with django_assert_num_queries(1):
+        assert principal_for_token(key="no-such-token") is None
+    with django_assert_num_queries(1):
+        assert principal_for_token(key="no-such-token") is None

@@ -47,6 +47,8 @@ class BenchStack(Stack):
         # connection per request and persistent connections pile up per request thread.
         self.env["DJANGO_SETTINGS_MODULE"] = f"messaging_project.settings.{settings}"
         self.env.setdefault("DATABASE_POOL", "true")
+        # As base.py's default (settings.test turns the token cache off for its unit tests).
+        self.env.setdefault("AUTH_TOKEN_CACHE_SECONDS", "10")
         self.env.setdefault("DJANGO_SECRET_KEY", "bench-only-" + secrets.token_urlsafe(32))
 
     def wait_worker_ready(self) -> None:

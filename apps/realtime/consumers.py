@@ -1,26 +1,40 @@
-"""The mobile WebSocket: delivery of messages, acks, read receipts and heartbeats.
+"""The WebSockets: `/ws/mobile/` and `/ws/business/`.
 
-Thin on purpose: parse and validate a frame, call a service in a thread, answer.
+Both deliver messages (catch-up in seq order, then live), take acks, read receipts and
+heartbeats, and carry chat: `chat.send`, `typing`, `status` receipts. Thin on purpose: parse and
+validate a frame, call a service in a thread, answer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
+import uuid
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 
-from apps.accounts.models import MobileUser
+from apps.accounts.models import MobileUser, PartyKind, User
+from apps.conversations.models import ConversationStatus
+from apps.conversations.selectors import conversation_for
+from apps.conversations.services import conversation_message_send
 from apps.messaging import services
+from apps.messaging.content import normalize_content
+from apps.messaging.errors import MediaNotAttachable, MediaNotFound, MessagingError, RecipientNotFound
+from apps.messaging.flow import Overloaded, SendRateLimited, sends_admit
+from apps.messaging.models import ContentType, Status
+from apps.messaging.selectors import parse_uuid
 from apps.ops.logging import correlation_context
 
 from . import presence
-from .bridge import mobile_group
-from .frames import message_frame
+from .bridge import party_group
+from .frames import message_frame, message_payload
+from .receipts import receipt_apply
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +42,24 @@ CLOSE_UNAUTHENTICATED = 4401
 MAX_IDS_PER_FRAME = 1000
 # Any frame proves the connection alive; refresh presence at most this often between pings.
 HEARTBEAT_REFRESH_SECONDS = 10
+MAX_CONTENT_CHARS = 10_000
+MAX_ATTACHMENTS = 5
+MAX_CLIENT_ID_CHARS = 100
+TYPING_REFUSED = {
+    "not_found": "No conversation of yours has this id.",
+    "conversation_closed": "This conversation is closed; it is read-only.",
+}
+# Typing: a repeated state is relayed at most this often per conversation; changes always go.
+TYPING_REPEAT_SECONDS = 3
+# Beyond this many typing frames per window, a connection gets `rate_limited` errors.
+TYPING_BURST = 20
+TYPING_WINDOW_SECONDS = 10
+# Error codes of the domain errors that carry none of their own (the conversation errors do).
+ERROR_CODES: dict[type[MessagingError], str] = {
+    MediaNotFound: "invalid_attachment",
+    MediaNotAttachable: "invalid_attachment",
+    RecipientNotFound: "recipient_inactive",
+}
 
 
 def in_db_pool(func):
@@ -44,17 +76,28 @@ def in_pool(func):
     return sync_to_async(func, thread_sensitive=False)
 
 
-class MobileConsumer(AsyncJsonWebsocketConsumer):
+class ParticipantConsumer(AsyncJsonWebsocketConsumer):
+    """A connection of one user of `principal_model`; its group is `<kind>.<id>`."""
+
+    principal_model: type[User] | type[MobileUser]
+
     async def connect(self) -> None:
         principal = self.scope.get("principal")
-        if not isinstance(principal, MobileUser):
+        if not isinstance(principal, self.principal_model):
             await self.accept()
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        self.mobile_id = principal.pk
-        self.group = mobile_group(principal.pk)
+        self.principal = principal
+        self.kind = principal.party_kind
+        self.user_id = principal.pk
+        self.group = party_group(self.kind, principal.pk)
         self.catchup_ids: set[str] = set()
         self.last_beat = 0.0
+        self.can_chat = await in_db_pool(self._can_chat)()
+        # conversation id -> the other participant's group, for typing (membership checked once).
+        self.typing_peers: dict[str, str] = {}
+        self.typing_sent: dict[str, tuple[bool, float]] = {}
+        self.typing_window: list[float] = []
         # Join the group before announcing presence: a worker that sees us online must find
         # us in the group. Anything it sends during catch-up waits in the channel layer.
         await self.channel_layer.group_add(self.group, self.channel_name)
@@ -72,15 +115,22 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_discard(self.group, self.channel_name)
         await in_db_pool(self._forget_connection)()
 
+    def _can_chat(self) -> bool:
+        return True
+
     def _forget_connection(self) -> None:
-        presence.connection_closed(user_id=self.mobile_id, channel_name=self.channel_name)
-        if not presence.is_online(self.mobile_id):
+        presence.connection_closed(user_id=self.user_id, channel_name=self.channel_name, kind=self.kind)
+        if not presence.is_online(self.user_id, self.kind):
             # Unacked frames died with the socket: make them due again for the next connection.
-            services.messages_release_unacked(recipient_ids=[self.mobile_id], reason="connection closed")
+            services.messages_release_unacked(
+                recipient_ids=[self.user_id], reason="connection closed", kind=self.kind
+            )
 
     async def _beat(self) -> None:
         self.last_beat = time.monotonic()
-        await in_pool(presence.connection_seen)(user_id=self.mobile_id, channel_name=self.channel_name)
+        await in_pool(presence.connection_seen)(
+            user_id=self.user_id, channel_name=self.channel_name, kind=self.kind
+        )
 
     async def _catch_up(self) -> None:
         """Send every undelivered message in seq order before anything newer."""
@@ -88,7 +138,7 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
         chunk = settings.MESSAGING_CATCHUP_CHUNK
         while True:
             payloads, last_seq = await in_db_pool(services.catchup_chunk)(
-                recipient_id=self.mobile_id, after_seq=after_seq, limit=chunk
+                recipient_id=self.user_id, after_seq=after_seq, limit=chunk, kind=self.kind
             )
             for payload in payloads:
                 self.catchup_ids.add(payload["id"])
@@ -123,8 +173,13 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
             await self._beat()
         if kind in ("ack", "read"):
             await self._receipt(kind, content)
-        elif kind in ("chat.send", "typing"):
-            await self._error("unsupported", f"'{kind}' needs a conversation; chat is not available yet.")
+        elif kind in ("chat.send", "typing") and not self.can_chat:
+            extra = {"client_id": content.get("client_id")} if kind == "chat.send" else {}
+            await self._error("forbidden", "You need the 'chat' permission.", **extra)
+        elif kind == "chat.send":
+            await self._chat_send(content)
+        elif kind == "typing":
+            await self._typing(content)
         else:
             await self._error("unknown_type", f"Unknown frame type {kind!r}.")
 
@@ -135,11 +190,82 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
                 "invalid_frame", f"'message_ids' must be a list of 1 to {MAX_IDS_PER_FRAME} ids."
             )
             return
-        service = services.messages_acknowledge if kind == "ack" else services.messages_mark_read
-        await in_db_pool(service)(recipient_id=self.mobile_id, message_ids=ids)
+        target = Status.DELIVERED if kind == "ack" else Status.READ
+        await receipt_apply(services.Receipt(self.kind, self.user_id, target, ids))
 
-    async def _error(self, code: str, detail: str) -> None:
-        await self.send_json({"type": "error", "code": code, "detail": detail})
+    async def _chat_send(self, content: dict) -> None:
+        client_id = content.get("client_id")
+        if client_id is not None and (not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID_CHARS):
+            await self._error(
+                "invalid_frame", f"'client_id' must be a string of at most {MAX_CLIENT_ID_CHARS}."
+            )
+            return
+        problem, fields = _chat_fields(content)
+        if problem:
+            await self._error("invalid_frame", problem, client_id=client_id)
+            return
+        try:
+            payload = await in_db_pool(self._store_chat)(fields)
+        except MessagingError as exc:
+            code = ERROR_CODES.get(type(exc)) or getattr(exc, "code", "invalid")
+            await self._error(code, exc.detail, client_id=client_id)
+            return
+        except (SendRateLimited, Overloaded) as exc:
+            code = "rate_limited" if isinstance(exc, SendRateLimited) else "overloaded"
+            retry_after = max(1, math.ceil(exc.wait or 1))
+            await self._error(code, str(exc.detail), client_id=client_id, retry_after=retry_after)
+            return
+        await self.send_json({"type": "chat.accepted", "client_id": client_id, "message": payload})
+
+    def _store_chat(self, fields: dict) -> dict:
+        if self.kind == PartyKind.BUSINESS:
+            # The same admission as `POST conversations/{id}/messages/`: a socket is no way
+            # around the sender's rate limit or the backlog's backpressure.
+            sends_admit(sender=self.principal, count=1)
+        message = conversation_message_send(author=self.principal, **fields)
+        return message_payload(message)
+
+    async def _typing(self, content: dict) -> None:
+        conversation_id, is_typing = content.get("conversation_id"), content.get("is_typing")
+        if parse_uuid(conversation_id) is None or not isinstance(is_typing, bool):
+            await self._error(
+                "invalid_frame", "'typing' needs a 'conversation_id' (UUID) and a boolean 'is_typing'."
+            )
+            return
+        now = time.monotonic()
+        self.typing_window = [t for t in self.typing_window if now - t < TYPING_WINDOW_SECONDS]
+        if len(self.typing_window) >= TYPING_BURST:
+            await self._error("rate_limited", "Too many typing frames; slow down.")
+            return
+        self.typing_window.append(now)
+        conversation_id = str(parse_uuid(conversation_id))
+        peer = self.typing_peers.get(conversation_id)
+        if peer is None:
+            peer = await in_db_pool(self._typing_peer)(conversation_id)
+            if peer in ("not_found", "conversation_closed"):
+                await self._error(peer, TYPING_REFUSED[peer])
+                return
+            self.typing_peers[conversation_id] = peer
+        last = self.typing_sent.get(conversation_id)
+        if last is not None and last[0] == is_typing and now - last[1] < TYPING_REPEAT_SECONDS:
+            return  # the peer already knows; never persisted, so nothing is lost
+        self.typing_sent[conversation_id] = (is_typing, now)
+        frame = {"type": "typing", "conversation_id": conversation_id, "is_typing": is_typing}
+        await self.channel_layer.group_send(peer, {"type": "deliver.frames", "frames": [frame]})
+
+    def _typing_peer(self, conversation_id: str) -> str:
+        """Return the other participant's group, or the error code refusing the typing frame."""
+        conversation = conversation_for(principal=self.principal, conversation_id=conversation_id)
+        if conversation is None:
+            return "not_found"
+        if conversation.status == ConversationStatus.CLOSED:
+            return "conversation_closed"
+        if self.kind == PartyKind.BUSINESS:
+            return party_group(PartyKind.MOBILE, conversation.mobile_id)
+        return party_group(PartyKind.BUSINESS, conversation.business_id)
+
+    async def _error(self, code: str, detail: str, **extra) -> None:
+        await self.send_json({"type": "error", "code": code, "detail": detail, **extra})
 
     # --- events from the channel layer ------------------------------------------------------
 
@@ -155,3 +281,56 @@ class MobileConsumer(AsyncJsonWebsocketConsumer):
                     continue
                 await self.send_json(message_frame(payload))
             logger.debug("frames.written", extra={"count": len(event["messages"])})
+
+    async def deliver_frames(self, event: dict) -> None:
+        """Write ready-made frames: `status` receipts and `typing`."""
+        for frame in event["frames"]:
+            await self.send_json(frame)
+
+
+def _chat_fields(content: dict) -> tuple[str, dict]:
+    """Validate a `chat.send` frame; return (problem, "") or ("", the service's arguments)."""
+    conversation_id = content.get("conversation_id")
+    text, content_type = content.get("content"), content.get("content_type", ContentType.TEXT)
+    media_ids = _media_ids(content.get("attachment_ids"))
+    if not isinstance(conversation_id, str) or parse_uuid(conversation_id) is None:
+        return "'conversation_id' must be a conversation's id (UUID).", {}
+    if content_type not in ContentType.values:
+        return f"'content_type' must be one of {', '.join(ContentType.values)}.", {}
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_CONTENT_CHARS:
+        return f"'content' must be 1 to {MAX_CONTENT_CHARS:,} characters.", {}
+    if media_ids is None:
+        return f"'attachment_ids' must be a list of at most {MAX_ATTACHMENTS} distinct media ids.", {}
+    try:
+        text = normalize_content(text, content_type)
+    except DjangoValidationError as exc:
+        return " ".join(exc.messages), {}
+    return "", {
+        "conversation_id": conversation_id,
+        "content": text,
+        "content_type": content_type,
+        "attachment_ids": media_ids,
+    }
+
+
+def _media_ids(value: object) -> list[uuid.UUID] | None:
+    """Return `attachment_ids` (absent: none) as distinct UUIDs, or None if it is not such a list."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_ATTACHMENTS:
+        return None
+    ids = [parse_uuid(v) if isinstance(v, str) else None for v in value]
+    if None in ids or len(set(ids)) != len(ids):
+        return None
+    return ids
+
+
+class MobileConsumer(ParticipantConsumer):
+    principal_model = MobileUser
+
+
+class BusinessConsumer(ParticipantConsumer):
+    principal_model = User
+
+    def _can_chat(self) -> bool:
+        return self.principal.has_perm("accounts.chat")

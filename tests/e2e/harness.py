@@ -7,7 +7,8 @@ writes its output to a log file, and is killed with its whole group at teardown.
 quote the tail of every log.
 
 `MobileSocket` is a real WebSocket client (the `websockets` package) that records every frame
-in a background thread and can acknowledge messages as they arrive; `Api` is a minimal JSON
+in a background thread and can acknowledge messages as they arrive; it serves the business
+socket too (`Stack.business_ws_url`), which speaks the same frames. `Api` is a minimal JSON
 HTTP client on the standard library.
 """
 
@@ -193,6 +194,11 @@ class Stack:
         self.beat: Process | None = None
         self._incarnations = itertools.count(1)
         self._retired: list[Process] = []
+
+    @property
+    def business_ws_url(self) -> str:
+        """Return the URL of the business WebSocket (`/ws/business/`)."""
+        return f"ws://127.0.0.1:{self.web_port}/ws/business/"
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -482,6 +488,15 @@ class MobileSocket:
 
     def message_ids(self) -> set[str]:
         return {m["id"] for m in self.messages()}
+
+    def frames_of(self, kind: str) -> list[dict]:
+        """Return the frames of type `kind` received so far, in arrival order."""
+        with self._changed:
+            return [f for f in self.frames if f.get("type") == kind]
+
+    def statuses(self, message_id: str) -> list[str]:
+        """Return the statuses the `status` frames reported for `message_id`, in arrival order."""
+        return [f["status"] for f in self.frames_of("status") if f["message_id"] == message_id]
 
     def wait_for(self, predicate: Callable[[MobileSocket], Any], *, timeout: float, what: str) -> Any:
         """Block until `predicate(self)` is truthy (returned), the socket closes, or `timeout`."""

@@ -146,14 +146,24 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CHANNEL_LAYER_SOCKET_TIMEOUT = 15
 
 
+CHANNEL_LAYER_MAX_CONNECTIONS = env.int("CHANNEL_LAYER_MAX_CONNECTIONS", default=100)
+
+
 def channel_layer_hosts(redis_url: str) -> list[dict]:
     """Return the channel layer's `hosts` for `redis_url`, with a safe read timeout."""
-    return [{"address": redis_url, "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT}]
+    return [
+        {
+            "address": redis_url,
+            "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT,
+            "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS,
+        }
+    ]
 
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels-redis, waiting for a free pool connection instead of failing the send.
+        "BACKEND": "apps.realtime.layers.BlockingPoolChannelLayer",
         "CONFIG": {
             "hosts": channel_layer_hosts(REDIS_URL),
             # A group send to a full channel is dropped silently; keep the buffer generous so

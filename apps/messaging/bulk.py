@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -20,7 +19,7 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from apps.accounts.models import MobileUser, User
+from apps.accounts.models import MobileUser, PartyKind, User
 from apps.devices.services import push_schedule
 from apps.media.services import media_attach
 from apps.ops.logging import get_correlation_id
@@ -29,6 +28,7 @@ from apps.realtime import presence
 from . import lifecycle, services
 from .errors import MessagingError
 from .models import Broadcast, BroadcastStatus, IdempotencyKey, Kind, Message, Outcome, Priority, Status
+from .selectors import with_parties
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +123,9 @@ def messages_send_batch(*, sender: User, items: list[dict]) -> list[Message]:
             next_seq[recipient_id] += 1
         Message.objects.bulk_create(messages, batch_size=1000)
         _attach_all(sender, items, messages)
-        rows = [(m.pk, m.priority, m.recipient_id) for m in messages]
-        transaction.on_commit(lambda: messages_dispatch_chunks(rows))
+        # A recipient's messages together and in seq order: one frame event each.
+        rows = [(m.pk, m.priority) for m in sorted(messages, key=lambda m: (m.recipient_id, m.seq))]
+        transaction.on_commit(lambda: services.messages_dispatch(rows))
     logger.info("message.batch_accepted", extra={"count": len(messages)})
     return messages
 
@@ -170,37 +171,6 @@ def _attach_all(sender: User, items: list[dict], messages: list[Message]) -> Non
 # --- Delivery in chunks ---------------------------------------------------------------------
 
 
-def messages_dispatch_chunks(rows: Iterable[tuple[uuid.UUID, str, int]]) -> int:
-    """Enqueue one delivery task per chunk of (id, priority, recipient id); return tasks enqueued.
-
-    Chunks are cut per priority (each goes to its lane's queue) with a recipient's messages
-    together and in order. A broker outage leaves the rest `queued` for the sweep.
-    """
-    from .tasks import deliver_chunk
-
-    by_priority: dict[str, list[tuple[int, uuid.UUID]]] = defaultdict(list)
-    for pk, priority, recipient_id in rows:
-        by_priority[priority].append((recipient_id, pk))
-    size = settings.MESSAGING_DELIVERY_CHUNK
-    correlation_id = get_correlation_id()
-    enqueued = 0
-    # High first, so a large low-priority batch does not delay it even at enqueue time.
-    for priority in (Priority.HIGH, Priority.NORMAL, Priority.LOW):
-        ordered = [str(pk) for _, pk in by_priority.get(priority, [])]
-        for start in range(0, len(ordered), size):
-            try:
-                deliver_chunk.apply_async(
-                    args=[ordered[start : start + size]],
-                    kwargs={"correlation_id": correlation_id},
-                    queue=services.QUEUE_FOR_PRIORITY[priority],
-                )
-            except Exception as exc:  # noqa: BLE001 - any broker failure leaves it to the sweep
-                logger.warning("message.dispatch_failed", extra={"chunk": start, "error": repr(exc)})
-                return enqueued
-            enqueued += 1
-    return enqueued
-
-
 @dataclass
 class ChunkReport:
     sent: int = 0
@@ -208,16 +178,17 @@ class ChunkReport:
     failed: int = 0
     skipped: int = 0
     not_due: int = 0
-    offline_recipients: list[int] = field(default_factory=list)
+    # Recipients, as (kind, id), whose messages were held because they are offline.
+    offline_recipients: list[tuple[str, int]] = field(default_factory=list)
 
 
 def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
     """Deliver a chunk of messages: one presence lookup, one status update per outcome.
 
-    Online recipients get their messages as one frame event each; offline ones' messages go
-    `pending` (and get a push after commit). If the channel layer fails (or its breaker is
-    open) the affected messages return to `pending` and the error propagates, so the task
-    retries; the pending sweep also picks them up.
+    Online recipients (mobile or business) get their messages as one frame event each; offline
+    ones' messages go `pending` (and mobile users get a push after commit). If the channel
+    layer fails (or its breaker is open) the affected messages return to `pending` and the
+    error propagates, so the task retries; the pending sweep also picks them up.
     """
     report = ChunkReport()
     if services._strict():
@@ -228,17 +199,16 @@ def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
             report.offline += outcome == "offline"
         return report
     messages = list(
-        Message.objects.select_related("sender", "recipient")
-        .prefetch_related("attachments")
-        .filter(pk__in=message_ids, status__in=(Status.QUEUED, Status.PENDING))
-        .order_by("recipient_id", "seq")
+        with_parties(Message.objects.filter(pk__in=message_ids, status__in=(Status.QUEUED, Status.PENDING)))
+        .select_related("recipient", "recipient_business")
+        .order_by("recipient_business_id", "recipient_id", "seq")
     )
     report.skipped = len(message_ids) - len(messages)
     now = timezone.now()
     expired = [m.pk for m in messages if m.expires_at and m.expires_at <= now]
     if expired:
         report.failed += len(services.messages_fail(Message.objects.filter(pk__in=expired), reason="expired"))
-    inactive = [m.pk for m in messages if m.pk not in expired and not m.recipient.is_active]
+    inactive = [m.pk for m in messages if m.pk not in expired and not _recipient(m).is_active]
     if inactive:
         report.failed += len(
             services.messages_fail(Message.objects.filter(pk__in=inactive), reason="recipient deactivated")
@@ -253,30 +223,43 @@ def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
             report.not_due += 1
             continue
         live.append(m)
-    online = presence.online_user_ids(m.recipient_id for m in live)
-    offline_ids = [m.pk for m in live if m.recipient_id not in online]
-    if offline_ids:
-        report.offline_recipients = _hold_offline(offline_ids, now=now)
-        report.offline = len(offline_ids)
-    report.sent = services.messages_write([m for m in live if m.recipient_id in online])
+    online = {
+        (kind, user_id)
+        for kind in PartyKind.values
+        for user_id in presence.online_user_ids(
+            (m.recipient_party[1] for m in live if m.recipient_party[0] == kind), kind=kind
+        )
+    }
+    offline = [m for m in live if m.recipient_party not in online]
+    if offline:
+        report.offline_recipients = _hold_offline(offline, now=now)
+        report.offline = len(offline)
+    report.sent = services.messages_write([m for m in live if m.recipient_party in online])
     return report
 
 
-def _hold_offline(message_ids: list[uuid.UUID], *, now) -> list[int]:
-    """Move queued messages of offline recipients to `pending`; push to each after commit."""
+def _recipient(message: Message) -> User | MobileUser:
+    return message.recipient if message.recipient_id is not None else message.recipient_business
+
+
+def _hold_offline(messages: list[Message], *, now) -> list[tuple[str, int]]:
+    """Move queued messages of offline recipients to `pending`; push to each mobile one after commit.
+
+    Return the recipients whose messages moved.
+    """
+    party_of = {m.pk: m.recipient_party for m in messages}
     with transaction.atomic():
         moved = lifecycle.transition(
-            Message.objects.filter(pk__in=message_ids, status=Status.QUEUED),
+            Message.objects.filter(pk__in=list(party_of), status=Status.QUEUED),
             to=Status.PENDING,
             next_attempt_at=None,
         )
         moved_ids = [m.id for m in moved]
         services._record_attempts(moved_ids, Outcome.OFFLINE, now=now, error="recipient offline")
-        recipients = sorted(
-            set(Message.objects.filter(pk__in=moved_ids).values_list("recipient_id", flat=True))
-        )
-        for recipient_id in recipients:
-            transaction.on_commit(lambda rid=recipient_id: push_schedule(recipient_id=rid))
+        recipients = sorted({party_of[pk] for pk in moved_ids})
+        for kind, recipient_id in recipients:
+            if kind == PartyKind.MOBILE:  # business users have no devices to wake
+                transaction.on_commit(lambda rid=recipient_id: push_schedule(recipient_id=rid))
     return recipients
 
 
@@ -406,8 +389,8 @@ def broadcast_expand_chunk(*, broadcast_id: str | uuid.UUID, after: int) -> int 
         if not more:
             changes.update(status=BroadcastStatus.EXPANDED, expanded_at=now)
         Broadcast.objects.filter(pk=broadcast.pk, expanded_through=after).update(**changes)
-        rows = [(m.pk, m.priority, m.recipient_id) for m in messages]
-        transaction.on_commit(lambda: messages_dispatch_chunks(rows))
+        rows = [(m.pk, m.priority) for m in messages]
+        transaction.on_commit(lambda: services.messages_dispatch(rows))
         if more:
             transaction.on_commit(lambda: _enqueue_expand(broadcast.pk, cursor))
     logger.info("broadcast.expanded_chunk", extra={"broadcast_id": str(broadcast_id), "count": len(messages)})

@@ -71,6 +71,7 @@ class _Row:
     sender_id: int | None
     sender_mobile_id: int | None
     recipient_id: int | None
+    correlation_id: str
 
     @property
     def author(self) -> tuple[str, int]:
@@ -131,7 +132,14 @@ def transition(
             .select_for_update()
             .order_by("pk")
             .values_list(
-                "pk", "status", "kind", "conversation_id", "sender_id", "sender_mobile_id", "recipient_id"
+                "pk",
+                "status",
+                "kind",
+                "conversation_id",
+                "sender_id",
+                "sender_mobile_id",
+                "recipient_id",
+                "correlation_id",
             )
         ]
         if not rows:
@@ -143,15 +151,22 @@ def transition(
         chat = [row for row in rows if row.kind == Kind.CHAT]
         if chat:
             _chat_consequences(chat, to=to, now=now)
-    moved = [Moved(row.id, row.previous) for row in rows]
-    if updated != len(moved):  # only possible without row locks (SQLite); the CAS still held
-        logger.warning("message.transition_raced", extra={"expected": len(moved), "updated": updated})
-    for item in moved:
+    if updated != len(rows):  # only possible without row locks (SQLite); the CAS still held
+        logger.warning("message.transition_raced", extra={"expected": len(rows), "updated": updated})
+    for row in rows if logger.isEnabledFor(logging.INFO) else ():
+        # With the id of the request that sent the message, whichever task or socket moved it:
+        # one id finds a message's whole history in the logs.
         logger.info(
             "message.status",
-            extra={"message_id": str(item.id), "from": item.previous, "to": to, "reason": reason},
+            extra={
+                "message_id": str(row.id),
+                "from": row.previous,
+                "to": to,
+                "reason": reason,
+                "correlation_id": row.correlation_id,
+            },
         )
-    return moved
+    return [Moved(row.id, row.previous) for row in rows]
 
 
 def _chat_consequences(rows: list[_Row], *, to: str, now: datetime) -> None:

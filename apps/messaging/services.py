@@ -31,6 +31,7 @@ from apps.realtime.frames import message_payload
 
 from . import lifecycle
 from .backoff import retries_exhausted, retry_delay
+from .dispatch import dispatch_committed, messages_dispatch
 from .errors import IdempotencyKeyInFlight, IdempotencyKeyMismatch, RecipientNotFound
 from .models import (
     Channel,
@@ -54,7 +55,6 @@ from .selectors import (
 logger = logging.getLogger(__name__)
 
 # Task functions are imported where they are used: tasks.py imports this module.
-QUEUE_FOR_PRIORITY = {Priority.HIGH: "high", Priority.NORMAL: "default", Priority.LOW: "low"}
 # A claimed Idempotency-Key whose request never finished may be taken over after this long.
 IDEMPOTENCY_LEASE = timedelta(seconds=60)
 # A retry scheduled with a countdown may run a hair before its recorded due time.
@@ -176,7 +176,7 @@ def _message_store(
         # Nothing attached: the caller's representation needs no query to learn that.
         prefetch_related_objects([message], Prefetch("attachments", queryset=Media.objects.none()))
     rows = [(message.pk, message.priority)]
-    transaction.on_commit(lambda: messages_dispatch(rows))
+    transaction.on_commit(lambda: dispatch_committed(rows))
     logger.info("message.accepted", extra={"message_id": str(message.pk), "seq": message.seq})
     return message
 
@@ -234,31 +234,6 @@ def _idempotency_claim(*, sender: User, key: str, body_hash: str) -> Idempotency
     if not taken:
         raise IdempotencyKeyInFlight()
     return record
-
-
-def messages_dispatch(rows: Iterable[tuple[uuid.UUID, str]], *, countdown: float | None = None) -> int:
-    """Enqueue a delivery task per (message id, priority); return how many were enqueued.
-
-    A broker outage is not an error here: the messages stay `queued` (or `pending`) and the
-    sweeps dispatch them once the broker is back.
-    """
-    from .tasks import deliver_message
-
-    enqueued = 0
-    correlation_id = get_correlation_id()
-    for pk, priority in rows:
-        try:
-            deliver_message.apply_async(
-                args=[str(pk)],
-                kwargs={"correlation_id": correlation_id},
-                queue=QUEUE_FOR_PRIORITY.get(priority, "default"),
-                countdown=countdown,
-            )
-        except Exception as exc:  # noqa: BLE001 - any broker failure leaves it to the sweep
-            logger.warning("message.dispatch_failed", extra={"message_id": str(pk), "error": repr(exc)})
-            break
-        enqueued += 1
-    return enqueued
 
 
 # --- Delivering -----------------------------------------------------------------------------

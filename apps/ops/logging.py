@@ -30,6 +30,9 @@ def correlation_context(value: str) -> Iterator[str]:
 
 
 class CorrelationIdFilter(logging.Filter):
+    """Stamp each record with the current correlation id, unless the call named one itself."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.correlation_id = _correlation_id.get()
+        if not getattr(record, "correlation_id", ""):
+            record.correlation_id = _correlation_id.get()
         return True

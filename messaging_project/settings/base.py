@@ -226,6 +226,8 @@ MESSAGING_RATE_LIMITS_ENABLED = env.bool("MESSAGING_RATE_LIMITS_ENABLED", defaul
 MESSAGING_BACKLOG_CACHE_SECONDS = env.float("MESSAGING_BACKLOG_CACHE_SECONDS", default=1)
 # Messages per delivery task (batch and broadcast), recipients per broadcast expansion task.
 MESSAGING_DELIVERY_CHUNK = env.int("MESSAGING_DELIVERY_CHUNK", default=500)
+# Single sends committed in a process leave together as chunk tasks (apps/messaging/dispatch.py).
+MESSAGING_DISPATCH_COALESCE = env.bool("MESSAGING_DISPATCH_COALESCE", default=True)
 MESSAGING_BROADCAST_CHUNK = env.int("MESSAGING_BROADCAST_CHUNK", default=1000)
 BROADCAST_SWEEP_SECONDS = env.float("BROADCAST_SWEEP_SECONDS", default=30)
 CIRCUIT_BREAKER_FAILURE_RATIO = env.float("CIRCUIT_BREAKER_FAILURE_RATIO", default=0.5)

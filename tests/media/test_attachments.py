@@ -193,7 +193,7 @@ def test_processing_image_is_attached_and_the_message_goes_at_once(
     from .test_thumbnails import queued_tasks
 
     # Its bytes are stored already: the delivery is dispatched without waiting for thumbnails.
-    assert ("apps.messaging.tasks.deliver_message", [response.json()["id"]]) in queued_tasks(redis)
+    assert ("apps.messaging.tasks.deliver_chunk", [[response.json()["id"]]]) in queued_tasks(redis)
 
 
 def test_idempotent_replay_with_attachments_returns_the_original(sender_client, mobile_user):

@@ -62,7 +62,7 @@ def test_chunk_sends_each_online_recipient_one_event_in_seq_order_and_holds_offl
         messages[2].pk: Outcome.SENT,
     }
     # The offline recipient's push window opened (push_schedule after commit).
-    assert report.offline_recipients == [stranger.pk]
+    assert report.offline_recipients == [("mobile", stranger.pk)]
 
 
 def test_rerunning_a_chunk_sends_nothing_twice(sender, mobile_user, stranger, redis):

@@ -22,12 +22,10 @@ from apps.messaging import services
 from apps.messaging.content import MAX_CONTENT_LENGTH, normalize_content
 from apps.messaging.errors import RecipientNotFound
 from apps.messaging.models import Message, Priority, Status
-from messaging_project.celery import app as celery_app
 from tests.concurrency import run_together
 from tests.factories import MobileUserFactory
 
-DELIVER_TASK = "apps.messaging.tasks.deliver_message"
-CLOSED_PORT_BROKER = "redis://127.0.0.1:1/0"
+DELIVER_TASK = "apps.messaging.tasks.deliver_chunk"
 # Outside the factories' +1 415 555 range, so nobody has it.
 UNKNOWN_PHONE = "+442071838750"
 
@@ -49,29 +47,13 @@ def queued_tasks(redis, queue: str = "default") -> list[tuple[str, list]]:
 
 
 def dispatched_ids(redis, queue: str = "default") -> list[str]:
-    """Return the message ids of the delivery tasks waiting in a broker queue, oldest first."""
+    """Return the message ids of the delivery tasks waiting in a broker queue, oldest first.
+
+    Each task carries a chunk of ids (`deliver_chunk(message_ids)`).
+    """
     tasks = queued_tasks(redis, queue)
     assert {name for name, _ in tasks} <= {DELIVER_TASK}
-    return [args[0] for _, args in tasks]
-
-
-@pytest.fixture
-def broker_down():
-    """Point the Celery app at a closed port until the test ends; restore the real broker after.
-
-    The producer and connection pools are cached on the app, so they are swapped out and put
-    back rather than closed (closing them would break the rest of the session).
-    """
-    saved = (celery_app.conf.broker_url, celery_app._pool, celery_app.amqp._producer_pool)
-    celery_app.conf.broker_url = CLOSED_PORT_BROKER
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
-
-    def restore() -> None:
-        celery_app.conf.broker_url, celery_app._pool, celery_app.amqp._producer_pool = saved
-
-    yield restore
-    restore()
+    return [pk for _, (chunk,) in tasks for pk in chunk]
 
 
 def _send(sender, recipient, **kwargs) -> Message:

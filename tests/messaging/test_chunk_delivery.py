@@ -5,17 +5,22 @@ from __future__ import annotations
 import copy
 import socket
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
-from channels.layers import channel_layers
+from asgiref.sync import async_to_sync
+from channels.layers import channel_layers, get_channel_layer
 from django.utils import timezone
 
+from apps.accounts.models import PartyKind
 from apps.common import breaker as breakers
 from apps.common.breaker import CircuitOpen
+from apps.conversations.services import conversation_message_send
 from apps.messaging import bulk, services
 from apps.messaging.models import DeliveryAttempt, Message, Outcome, Status
-from tests.factories import MobileUserFactory
+from apps.realtime import bridge, presence
+from tests.factories import ConversationFactory, MobileUserFactory
 from tests.messaging.test_delivery import _connect, _delivered_ids, _receive
 
 
@@ -63,6 +68,40 @@ def test_chunk_sends_each_online_recipient_one_event_in_seq_order_and_holds_offl
     }
     # The offline recipient's push window opened (push_schedule after commit).
     assert report.offline_recipients == [("mobile", stranger.pk)]
+
+
+def _connect_business(user_id: int) -> str:
+    channel = f"test-desk-{uuid.uuid4().hex}"
+    async_to_sync(get_channel_layer().group_add)(bridge.party_group(PartyKind.BUSINESS, user_id), channel)
+    presence.connection_seen(user_id=user_id, channel_name=channel, kind=PartyKind.BUSINESS)
+    return channel
+
+
+def test_chunk_delivers_chat_to_online_business_users_and_holds_offline_ones_without_a_push(
+    sender, other_sender, redis, monkeypatch, django_capture_on_commit_callbacks
+):
+    pushes: list[int] = []
+    monkeypatch.setattr(bulk, "push_schedule", lambda *, recipient_id: pushes.append(recipient_id))
+    desk = _connect_business(sender.pk)
+    mobile = MobileUserFactory()
+    to_online = ConversationFactory(business=sender, mobile=mobile)
+    to_offline = ConversationFactory(business=other_sender, mobile=mobile)
+    messages = [
+        conversation_message_send(conversation_id=c.pk, author=mobile, content=text)
+        for c, text in ((to_online, "a"), (to_offline, "b"), (to_online, "c"))
+    ]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = bulk.messages_deliver_chunk(message_ids=_ids(messages))
+
+    assert (report.sent, report.offline, report.failed) == (2, 1, 0)
+    event = _receive(desk)
+    assert _delivered_ids(event) == [str(messages[0].pk), str(messages[2].pk)]
+    assert [m["sender"]["type"] for m in event["messages"]] == ["mobile", "mobile"]
+    assert _receive(desk, timeout=0.3) is None
+    assert _statuses(messages) == [Status.SENT, Status.PENDING, Status.SENT]
+    assert report.offline_recipients == [("business", other_sender.pk)]
+    assert pushes == []  # business users have no devices to wake
 
 
 def test_rerunning_a_chunk_sends_nothing_twice(sender, mobile_user, stranger, redis):

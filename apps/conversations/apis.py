@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import MobileUser, PartyKind, User
+from apps.common.serializers import represent
 from apps.messaging.apis import MAX_ATTACHMENTS, phone_field
 from apps.messaging.content import normalize_content
 from apps.messaging.flow import sends_admit
@@ -168,7 +169,7 @@ class ConversationMessagesApi(APIView):
         message = conversation_message_send(
             conversation_id=conversation_id, author=request.user, **serializer.validated_data
         )
-        return Response(ChatMessageSerializer(message).data, status=status.HTTP_202_ACCEPTED)
+        return Response(represent(ChatMessageSerializer, message), status=status.HTTP_202_ACCEPTED)
 
 
 class ConversationReadApi(APIView):

@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.permissions import CanManageDeadLetters, CanSendMessage, sender_permission
 from apps.common.phone import normalize_phone
+from apps.common.serializers import represent
 
 from . import bulk
 from .content import normalize_content
@@ -113,7 +114,7 @@ class MessageSendApi(APIView):
                 sender=request.user, idempotency_key=key, body_hash=request_hash(data), **data
             )
         return Response(
-            MessageSerializer(message).data,
+            represent(MessageSerializer, message),
             status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
         )
 

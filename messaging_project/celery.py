@@ -4,6 +4,7 @@ import logging
 import os
 
 from celery import Celery
+from celery.signals import task_postrun, task_prerun
 from kombu import Queue
 from kombu.transport import redis as redis_transport
 
@@ -13,6 +14,19 @@ app = Celery("messaging_project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = (Queue("high"), Queue("default"), Queue("low"))
 app.autodiscover_tasks()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _close_old_connections(**_kwargs) -> None:
+    """Treat each task as Django treats a request: drop connections that broke or expired.
+
+    A healthy pooled connection goes back to the pool (CONN_MAX_AGE is 0 with a pool), so
+    this costs no reconnect; see CELERY_DB_REUSE_MAX in the settings.
+    """
+    from django.db import close_old_connections
+
+    close_old_connections()
 
 logger = logging.getLogger(__name__)
 

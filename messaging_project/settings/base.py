@@ -139,6 +139,11 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.2,
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes every database connection before and after each task, and with
+# a connection pool it closes the whole pool: each task paid a new PostgreSQL connection (a
+# worker delivered 59 single-message tasks/s). It now does so only every this many tasks;
+# messaging_project/celery.py gives each task Django's per-request connection hygiene instead.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
 # channels-redis receives with a 5 s blocking BZPOPMIN, and redis-py (8.x) reads with a 5 s
 # socket timeout by default: that race times out the receive loop of every WebSocket idle for

@@ -187,8 +187,10 @@ class Stack:
             DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{database_name}",
             REDIS_URL=self.redis_url,
             PYTHONUNBUFFERED="1",
-            # As production: single sends leave as coalesced chunk tasks (settings.test does not).
+            # As production: single sends leave as coalesced chunk tasks (settings.test does not),
+            # and each process has a connection pool.
             MESSAGING_DISPATCH_COALESCE="true",
+            DATABASE_POOL="true",
         )
         self.redis: Process | None = None
         self.web: Process | None = None

@@ -6,11 +6,14 @@ sender and mobile user, and the tables are truncated after it.
 
 from __future__ import annotations
 
+import psycopg
 import pytest
+from django.db import connection
 
 pytestmark = pytest.mark.e2e
 
 IDLE_SECONDS = 7
+SENDS = 30
 
 
 def test_online_client_receives_message_then_ack_and_read_are_recorded(e2e):
@@ -149,3 +152,30 @@ def test_ticket_opens_the_mobile_websocket_once(e2e):
     replay = e2e.connect(url=url, token=None, ready=False)
     assert replay.wait_closed() == 4401
     assert replay.frames == []
+
+
+def _sessions_opened(database: str) -> int:
+    """Return how many sessions PostgreSQL has seen open on `database` (pg_stat_database)."""
+    with psycopg.connect("postgres://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return conn.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = %s", [database]
+        ).fetchone()[0]
+
+
+def test_processes_reuse_their_pooled_database_connections_across_requests_and_tasks(e2e):
+    sender, mobile = e2e.sender(), e2e.mobile()
+    socket = e2e.connect(mobile)
+    database = connection.settings_dict["NAME"]
+    e2e.wait_status(sender, [e2e.send(sender, mobile, "warm-up")["id"]], "delivered")
+    before = _sessions_opened(database)
+
+    ids = []
+    for n in range(SENDS):
+        ids.append(e2e.send(sender, mobile, f"one of many {n}")["id"])
+        socket.wait_for(lambda s, pk=ids[-1]: pk in s.message_ids(), timeout=15, what=f"message {n}")
+    e2e.wait_status(sender, ids, "delivered")
+
+    # Each send is a request, a delivery task and an ack, each of which opened a connection of
+    # its own when Celery closed the worker's pool around every task.
+    assert _sessions_opened(database) - before < SENDS // 4

@@ -125,6 +125,55 @@ class MemorySampler:
             self._thread.join(timeout=5)
 
 
+@dataclass
+class CpuMeter:
+    """CPU seconds used by named process trees (and by every PostgreSQL server process).
+
+    `cores(since)` turns two readings into cores busy on average: the figure that says which
+    process is the limit of a phase on a 2-core machine.
+    """
+
+    pids: dict[str, int]
+    # Counted alone, without their children (the benchmark process starts all the others).
+    alone: tuple[str, ...] = ("bench",)
+
+    @staticmethod
+    def _tree_seconds(pid: int, *, children: bool = True) -> float:
+        try:
+            procs = [psutil.Process(pid)]
+            if children:
+                procs += procs[0].children(recursive=True)
+        except psutil.Error:
+            return 0.0
+        total = 0.0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    @staticmethod
+    def _postgres_seconds() -> float:
+        total = 0.0
+        for proc in psutil.process_iter(["name", "cpu_times"]):
+            if proc.info["name"] and proc.info["name"].startswith("postgres") and proc.info["cpu_times"]:
+                total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
+        return total
+
+    def reading(self) -> tuple[float, dict[str, float]]:
+        seconds = {
+            name: self._tree_seconds(pid, children=name not in self.alone) for name, pid in self.pids.items()
+        }
+        seconds["postgres"] = self._postgres_seconds()
+        return time.monotonic(), seconds
+
+    def cores(self, since: tuple[float, dict[str, float]]) -> dict[str, float]:
+        start, before = since
+        now, after = self.reading()
+        wall = max(now - start, 1e-9)
+        return {name: round((after[name] - before.get(name, 0.0)) / wall, 2) for name in after}
+
+
 # --- profiles ------------------------------------------------------------------------------
 
 

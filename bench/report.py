@@ -199,6 +199,14 @@ def figures(results: dict) -> list[dict]:
         )
         add(f"p5 catch-up of {n:,}: all acks recorded", p5["all_acked_seconds"], "s")
         add("p5 catch-up frames in seq order", "yes" if p5["in_seq_order"] else "NO")
+    for name in ("p5", "p1", "p2", "p3", "p4"):
+        cores = (results.get(name) or {}).get("cpu_cores")
+        if cores:
+            busy = sorted(cores.items(), key=lambda kv: -kv[1])
+            add(
+                f"{name} CPU cores busy (of the phase, drain included)",
+                " · ".join(f"{k} {v:.2f}" for k, v in busy),
+            )
     peaks = results.get("memory_peak_mb", {})
     for name in ("web", "worker", "beat", "redis"):
         if name in peaks:

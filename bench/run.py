@@ -58,6 +58,7 @@ from tqdm import tqdm
 from bench import report
 from bench.clients import FleetHandle, catchup_run, fleet_main
 from bench.measure import (
+    CpuMeter,
     MemorySampler,
     Profiler,
     postgres_insert_rate,
@@ -541,14 +542,20 @@ def catchup_phase(args, stack: BenchStack, db: Db, sender_username: str) -> dict
 # --- the run --------------------------------------------------------------------------------
 
 
-def run_phase(name: str, results: dict, fn, *fn_args) -> Any:
-    """Run one phase; record a failure (with its traceback) instead of stopping the run."""
+def run_phase(name: str, results: dict, fn, *fn_args, meter: CpuMeter | None = None) -> Any:
+    """Run one phase; record a failure (with its traceback) instead of stopping the run.
+
+    With a `meter`, the phase's result also gets `cpu_cores`: cores each process kept busy.
+    """
+    since = meter.reading() if meter is not None else None
     try:
         value = fn(*fn_args)
     except Exception as exc:  # noqa: BLE001 - a failed phase is reported, the run goes on
         traceback.print_exc()
         results[name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500]}
         return None
+    if meter is not None and since is not None and isinstance(value, dict):
+        value["cpu_cores"] = meter.cores(since)
     results[name] = value
     return value
 
@@ -650,10 +657,20 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1)
         load = Load(stack.base_url, sender_tokens, mobiles)
         warm_up(load)
+        meter = CpuMeter(
+            {
+                "web": stack.web.pid,
+                "worker": stack.worker.pid,
+                "beat": stack.beat.pid,
+                "redis": stack.redis.pid,
+                "clients": fleet_proc.pid,
+                "bench": os.getpid(),
+            }
+        )
         # The catch-up goes first, on an idle system: what the throughput phases leave queued
         # (their drains are bounded) would otherwise decide it.
         if "5" in phases:
-            run_phase("p5", results, catchup_phase, args, stack, db, "bench-sender-0")
+            run_phase("p5", results, catchup_phase, args, stack, db, "bench-sender-0", meter=meter)
 
         if "1" in phases:
             run_phase(
@@ -675,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
                     "p1",
                     args.drain_seconds,
                 ),
+                meter=meter,
             )
         if "2" in phases:
             run_phase(
@@ -698,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.drain_seconds,
                     ),
                 ),
+                meter=meter,
             )
         if "3" in phases:
             run_phase(
@@ -724,9 +743,10 @@ def main(argv: list[str] | None = None) -> int:
                         args.drain_seconds,
                     ),
                 ),
+                meter=meter,
             )
         if "4" in phases:
-            run_phase("p4", results, broadcast_phase, load, db, fleet, args.drain_seconds)
+            run_phase("p4", results, broadcast_phase, load, db, fleet, args.drain_seconds, meter=meter)
         results["fleet"] = fleet.call("stats")
         results["final_status_counts"] = db.status_counts()
         results["timeline"] = db.timeline()

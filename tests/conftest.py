@@ -14,6 +14,7 @@ from apps.accounts.services import token_create
 from apps.common.redis import redis_client
 
 from .factories import ConversationFactory, MobileUserFactory, SenderFactory
+from .sockets import sockets_close
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +25,7 @@ def _fresh_redis_clients():
     redis_client.cache_clear()
     channel_layers.backends.clear()
     yield
+    sockets_close()
     redis_client.cache_clear()
     channel_layers.backends.clear()
 

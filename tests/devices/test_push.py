@@ -4,13 +4,10 @@ push off, and a push never delivering a message (SPEC.md section 5)."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, time
 from zoneinfo import ZoneInfo
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from apps.devices import services as push
@@ -18,7 +15,8 @@ from apps.devices.models import DeviceToken, PushHold, PushPreferences
 from apps.devices.services import device_register, preferences_update
 from apps.messaging import services
 from apps.messaging.models import Channel, DeliveryAttempt, Message, Outcome, Status
-from apps.realtime import bridge, presence
+from apps.realtime import presence
+from tests.sockets import socket_open, socket_receive
 
 from .conftest import queued_tasks
 
@@ -229,10 +227,7 @@ def test_quiet_hours_follow_the_users_time_zone(recipient):
 
 
 def _connect(user_id: int) -> str:
-    channel = f"test-socket-{uuid.uuid4().hex}"
-    async_to_sync(get_channel_layer().group_add)(bridge.mobile_group(user_id), channel)
-    presence.connection_seen(user_id=user_id, channel_name=channel)
-    return channel
+    return socket_open(user_id)
 
 
 def test_push_disabled_sends_nothing_and_the_message_is_still_delivered_on_reconnect(
@@ -248,7 +243,7 @@ def test_push_disabled_sends_nothing_and_the_message_is_still_delivered_on_recon
 
     channel = _connect(recipient.pk)
     assert services.recipient_deliver_backlog(recipient_id=recipient.pk) == 1
-    event = async_to_sync(get_channel_layer().receive)(channel)
+    event = socket_receive(channel)
     assert [m["id"] for m in event["messages"]] == [str(message.pk)]
     services.messages_acknowledge(recipient_id=recipient.pk, message_ids=[message.pk])
     message.refresh_from_db()

@@ -5,12 +5,10 @@ from __future__ import annotations
 import copy
 import socket
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import channel_layers, get_channel_layer
+from channels.layers import channel_layers
 from django.utils import timezone
 
 from apps.accounts.models import PartyKind
@@ -19,9 +17,10 @@ from apps.common.breaker import CircuitOpen
 from apps.conversations.services import conversation_message_send
 from apps.messaging import bulk, services
 from apps.messaging.models import DeliveryAttempt, Message, Outcome, Status
-from apps.realtime import bridge, presence
+from apps.realtime import presence
 from tests.factories import ConversationFactory, MobileUserFactory
 from tests.messaging.test_delivery import _connect, _delivered_ids, _receive
+from tests.sockets import socket_open
 
 
 @pytest.fixture(autouse=True)
@@ -71,10 +70,7 @@ def test_chunk_sends_each_online_recipient_one_event_in_seq_order_and_holds_offl
 
 
 def _connect_business(user_id: int) -> str:
-    channel = f"test-desk-{uuid.uuid4().hex}"
-    async_to_sync(get_channel_layer().group_add)(bridge.party_group(PartyKind.BUSINESS, user_id), channel)
-    presence.connection_seen(user_id=user_id, channel_name=channel, kind=PartyKind.BUSINESS)
-    return channel
+    return socket_open(user_id, PartyKind.BUSINESS)
 
 
 def test_chunk_delivers_chat_to_online_business_users_and_holds_offline_ones_without_a_push(
@@ -182,7 +178,6 @@ def test_breaker_opens_on_a_failing_channel_layer_and_messages_sent_meanwhile_ar
     channels = {}
     for r in recipients:
         # Presence lives in the (working) Redis; only the layer is unreachable.
-        from apps.realtime import presence
 
         presence.connection_seen(user_id=r.pk, channel_name=f"sock-{r.pk}")
     guard = breakers.breaker(breakers.CHANNEL_LAYER)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser
@@ -16,6 +13,7 @@ from apps.messaging import services
 from apps.messaging.models import Channel, DeadLetter, DeliveryAttempt, Message, Outcome, Status
 from apps.realtime import bridge, presence
 from tests.factories import MessageFactory
+from tests.sockets import socket_open, socket_receive
 
 
 def _send(sender, recipient, content: str = "hi") -> Message:
@@ -26,22 +24,12 @@ def _send(sender, recipient, content: str = "hi") -> Message:
 
 def _connect(user_id: int) -> str:
     """Simulate an open socket: a channel in the user's group and a fresh heartbeat."""
-    channel = f"test-socket-{uuid.uuid4().hex}"
-    async_to_sync(get_channel_layer().group_add)(bridge.mobile_group(user_id), channel)
-    presence.connection_seen(user_id=user_id, channel_name=channel)
-    return channel
+    return socket_open(user_id)
 
 
 def _receive(channel: str, timeout: float = 2.0) -> dict | None:
     """Return the next event on `channel`, or None if nothing arrives within `timeout`."""
-
-    async def receive() -> dict | None:
-        try:
-            return await asyncio.wait_for(get_channel_layer().receive(channel), timeout)
-        except TimeoutError:
-            return None
-
-    return async_to_sync(receive)()
+    return socket_receive(channel, timeout)
 
 
 def _delivered_ids(event: dict) -> list[str]:

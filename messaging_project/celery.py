@@ -18,14 +18,17 @@ app.autodiscover_tasks()
 
 @task_prerun.connect
 @task_postrun.connect
-def _close_old_connections(**_kwargs) -> None:
+def _close_old_connections(sender=None, **_kwargs) -> None:
     """Treat each task as Django treats a request: drop connections that broke or expired.
 
     A healthy pooled connection goes back to the pool (CONN_MAX_AGE is 0 with a pool), so
-    this costs no reconnect; see CELERY_DB_REUSE_MAX in the settings.
+    this costs no reconnect; see CELERY_DB_REUSE_MAX in the settings. A task run eagerly
+    (`apply()`) runs inside its caller's connection and transaction, which stay untouched.
     """
     from django.db import close_old_connections
 
+    if sender is not None and getattr(sender.request, "is_eager", False):
+        return
     close_old_connections()
 
 logger = logging.getLogger(__name__)

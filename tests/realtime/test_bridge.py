@@ -1,0 +1,31 @@
+"""bridge.group_send_many: a delivery round's burst of sends reaches every group, none fails."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.common import breaker as breakers
+from apps.realtime import bridge
+from tests.sockets import socket_open, socket_receive
+
+GROUPS = 300
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers(redis):
+    breakers._closed_until.clear()
+    yield
+    breakers._closed_until.clear()
+
+
+def test_a_round_to_hundreds_of_groups_at_once_reaches_each_exactly_once():
+    channels = [socket_open(user_id) for user_id in range(1, GROUPS + 1)]
+
+    outcomes = bridge.group_send_many(
+        [(bridge.mobile_group(user_id), {"type": "x", "n": user_id}) for user_id in range(1, GROUPS + 1)]
+    )
+
+    assert outcomes == [None] * GROUPS
+    for user_id, channel in enumerate(channels, start=1):
+        assert socket_receive(channel) == {"type": "x", "n": user_id}
+    assert all(socket_receive(channel, timeout=0.05) is None for channel in channels[:20])

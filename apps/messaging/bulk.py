@@ -20,6 +20,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser, PartyKind, User
+from apps.common.pgcopy import copy_insert
 from apps.devices.services import push_schedule
 from apps.media.services import media_attach
 from apps.ops.logging import get_correlation_id
@@ -121,7 +122,7 @@ def messages_send_batch(*, sender: User, items: list[dict]) -> list[Message]:
                 )
             )
             next_seq[recipient_id] += 1
-        Message.objects.bulk_create(messages, batch_size=1000)
+        copy_insert(messages)
         _attach_all(sender, items, messages)
         # A recipient's messages together and in seq order: one frame event each.
         rows = [(m.pk, m.priority) for m in sorted(messages, key=lambda m: (m.recipient_id, m.seq))]
@@ -378,7 +379,7 @@ def broadcast_expand_chunk(*, broadcast_id: str | uuid.UUID, after: int) -> int 
                 )
                 for rid in recipient_ids
             ]
-            Message.objects.bulk_create(messages, batch_size=1000)
+            copy_insert(messages)
         more = len(recipient_ids) == size
         cursor = recipient_ids[-1] if recipient_ids else after
         changes = {

@@ -22,6 +22,7 @@ from django.db.models import F, Prefetch, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser, PartyKind, User
+from apps.common.pgcopy import copy_insert
 from apps.devices.services import push_schedule
 from apps.media.models import Media
 from apps.media.services import media_attach
@@ -403,9 +404,11 @@ def catchup_chunk(
 def _record_attempts(
     message_ids: Iterable[uuid.UUID], outcome: str, *, now: datetime, error: str = ""
 ) -> None:
-    DeliveryAttempt.objects.bulk_create(
-        DeliveryAttempt(message_id=pk, at=now, channel=Channel.WEBSOCKET, outcome=outcome, error=error)
-        for pk in message_ids
+    copy_insert(
+        [
+            DeliveryAttempt(message_id=pk, at=now, channel=Channel.WEBSOCKET, outcome=outcome, error=error)
+            for pk in message_ids
+        ]
     )
 
 

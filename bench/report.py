@@ -173,6 +173,7 @@ def figures(results: dict) -> list[dict]:
         add(
             "p4 broadcast within the drain",
             f"{p4['stored']:,}/{p4['total'] or p4['audience_expected']:,} stored, {p4['delivered']:,} acked"
+            f" by the {p4.get('online', p4['audience_expected']):,} connected clients"
             f" (status {p4['status']})",
         )
         add("p4 broadcast: every client has it", p4["all_frames_s"], "s")

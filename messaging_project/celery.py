@@ -31,6 +31,7 @@ def _close_old_connections(sender=None, **_kwargs) -> None:
         return
     close_old_connections()
 
+
 logger = logging.getLogger(__name__)
 
 

@@ -194,6 +194,9 @@ class Stack:
         )
         self.redis: Process | None = None
         self.web: Process | None = None
+        # Two daphne processes on one socket (messaging_project/web.py): every test then also
+        # shows that a client is served whichever process its connection lands on.
+        self.web_processes = 2
         self.worker: Process | None = None
         self.beat: Process | None = None
         self._incarnations = itertools.count(1)
@@ -223,14 +226,17 @@ class Stack:
         """Start redis-server, daphne, the worker and beat, without waiting for them."""
         self.start_redis()
         self.web = self._spawn(
-            "daphne",
+            "web",
             [
-                str(BIN / "daphne"),
-                "-b",
+                str(BIN / "python"),
+                "-m",
+                "messaging_project.web",
+                "--bind",
                 "127.0.0.1",
-                "-p",
+                "--port",
                 str(self.web_port),
-                "messaging_project.asgi:application",
+                "--processes",
+                str(self.web_processes),
             ],
         )
         self.worker = self._spawn_worker()

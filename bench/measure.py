@@ -153,25 +153,29 @@ class CpuMeter:
         return total
 
     @staticmethod
-    def _postgres_seconds() -> float:
-        total = 0.0
+    def _postgres_seconds() -> dict[int, float]:
+        """Return CPU seconds per PostgreSQL server process (backends come and go)."""
+        found = {}
         for proc in psutil.process_iter(["name", "cpu_times"]):
             if proc.info["name"] and proc.info["name"].startswith("postgres") and proc.info["cpu_times"]:
-                total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
-        return total
+                found[proc.pid] = proc.info["cpu_times"].user + proc.info["cpu_times"].system
+        return found
 
-    def reading(self) -> tuple[float, dict[str, float]]:
+    def reading(self) -> tuple[float, dict[str, float], dict[int, float]]:
         seconds = {
             name: self._tree_seconds(pid, children=name not in self.alone) for name, pid in self.pids.items()
         }
-        seconds["postgres"] = self._postgres_seconds()
-        return time.monotonic(), seconds
+        return time.monotonic(), seconds, self._postgres_seconds()
 
-    def cores(self, since: tuple[float, dict[str, float]]) -> dict[str, float]:
-        start, before = since
-        now, after = self.reading()
+    def cores(self, since: tuple[float, dict[str, float], dict[int, float]]) -> dict[str, float]:
+        start, before, pg_before = since
+        now, after, pg_after = self.reading()
         wall = max(now - start, 1e-9)
-        return {name: round((after[name] - before.get(name, 0.0)) / wall, 2) for name in after}
+        cores = {name: round((after[name] - before.get(name, 0.0)) / wall, 2) for name in after}
+        # A backend that ended in between is not counted; one that started counts from zero.
+        pg = sum(seconds - pg_before.get(pid, 0.0) for pid, seconds in pg_after.items())
+        cores["postgres"] = round(pg / wall, 2)
+        return cores
 
 
 # --- profiles ------------------------------------------------------------------------------

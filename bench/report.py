@@ -218,7 +218,7 @@ def figures(results: dict) -> list[dict]:
         closed = sum(fleet.get("closed_codes", {}).values())
         big_enough = args.get("clients", 0) >= IDLE_CONNECTIONS
         add(
-            "WebSocket connections (one web process)",
+            "WebSocket connections",
             f"{connect['connected']:,} open, {connect['failed']} failed, {closed} dropped",
             "",
             f"≥ {IDLE_CONNECTIONS:,} idle",
@@ -250,6 +250,7 @@ def render(rows: list[dict], results: dict) -> str:
     load = tuple(round(x, 2) for x in m.get("load_average_at_start", ()))
     out.append(
         f"({m.get('cpus')} CPUs, load average at start {load};"
+        f" web processes {results.get('args', {}).get('web_processes', 1)};"
         f" worker concurrency {results.get('args', {}).get('worker_concurrency')};"
         f" acks {results.get('args', {}).get('ack_mode')})"
     )

@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=500, help="WebSocket clients (one mobile user each)")
     p.add_argument("--senders", type=int, default=20, help="enterprise senders used round-robin")
     p.add_argument("--worker-concurrency", type=int, default=2)
+    p.add_argument(
+        "--web-processes", type=int, default=2, help="daphne processes on the web port (WEB_CONCURRENCY)"
+    )
     p.add_argument("--rate", type=float, default=200, help="p1: single sends per second")
     p.add_argument("--rate-seconds", type=float, default=20, help="p1: duration")
     p.add_argument("--max-seconds", type=float, default=15, help="p2: duration")
@@ -569,7 +572,8 @@ def profiled(args, stack: BenchStack, out: Path, label: str, profiles: dict, fn,
     if not args.profile:
         return fn(*fn_args)
     assert stack.web is not None and stack.worker is not None
-    targets = {"web": (stack.web.pid, False), "worker": (stack.worker.pid, True)}
+    # Both trees: the web launcher's daphne processes, the worker's pool.
+    targets = {"web": (stack.web.pid, True), "worker": (stack.worker.pid, True)}
     running = {
         proc: Profiler(pid=pid, output=out / f"profile-{label}-{proc}.raw.txt", subprocesses=children)
         for proc, (pid, children) in targets.items()
@@ -608,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         database_name=args.database,
         workdir=workdir,
         concurrency=args.worker_concurrency,
+        web_processes=args.web_processes,
         log_level=args.log_level,
         settings=args.settings,
     )

@@ -33,9 +33,17 @@ class BenchStack(Stack):
     """daphne, a Celery worker (`concurrency` processes) and beat with the default timings."""
 
     def __init__(
-        self, *, database_name: str, workdir: Path, concurrency: int, log_level: str, settings: str
+        self,
+        *,
+        database_name: str,
+        workdir: Path,
+        concurrency: int,
+        web_processes: int,
+        log_level: str,
+        settings: str,
     ) -> None:
         super().__init__(database_name=database_name, workdir=workdir)
+        self.web_processes = web_processes
         # Production-like: the settings' own defaults (ack timeout 30 s, sweeps every 1-30 s).
         for name in FAST_TIMINGS:
             self.env.pop(name, None)

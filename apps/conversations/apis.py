@@ -5,10 +5,9 @@ Each caller sees only its own conversations: anything else is 404.
 
 from __future__ import annotations
 
-from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -17,10 +16,8 @@ from rest_framework.views import APIView
 
 from apps.accounts.models import MobileUser, PartyKind, User
 from apps.common.serializers import represent
-from apps.messaging.apis import MAX_ATTACHMENTS, phone_field
-from apps.messaging.content import normalize_content
+from apps.messaging.apis import MessageContentInputSerializer, phone_field
 from apps.messaging.flow import sends_admit
-from apps.messaging.models import ContentType
 from apps.messaging.pagination import PagePagination
 
 from .models import Conversation, ConversationStatus
@@ -127,27 +124,9 @@ class ConversationMessagesApi(APIView):
     permission_classes = [CanChat]
     pagination_class = MessageCursorPagination
 
-    class InputSerializer(serializers.Serializer):
-        content = serializers.CharField(max_length=10_000, trim_whitespace=False)
-        content_type = serializers.ChoiceField(choices=ContentType.choices, default=ContentType.TEXT)
-        attachment_ids = serializers.ListField(
-            child=serializers.UUIDField(), max_length=MAX_ATTACHMENTS, required=False, default=list
-        )
-
+    class InputSerializer(MessageContentInputSerializer):
         class Meta:
             ref_name = "ChatMessageSend"
-
-        def validate_attachment_ids(self, value: list) -> list:
-            if len(set(value)) != len(value):
-                raise serializers.ValidationError("Each attachment id may appear only once.")
-            return value
-
-        def validate(self, data: dict) -> dict:
-            try:
-                data["content"] = normalize_content(data["content"], data["content_type"])
-            except DjangoValidationError as exc:
-                raise ValidationError({"content": exc.messages}) from exc
-            return data
 
     @extend_schema(responses=ChatMessageSerializer(many=True))
     def get(self, request: Request, conversation_id: str) -> Response:

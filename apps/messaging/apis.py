@@ -53,23 +53,14 @@ def phone_field(value: str) -> str:
         raise serializers.ValidationError(exc.messages) from exc
 
 
-class OneWayMessageInputSerializer(serializers.Serializer):
-    """The body of a one-way send (also used, per item, by batch and broadcast)."""
+class MessageContentInputSerializer(serializers.Serializer):
+    """What every kind of message carries: content, its type, attachments (one-way and chat)."""
 
-    recipient_phone_number = serializers.CharField(max_length=32)
-    subject = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     content = serializers.CharField(max_length=10_000, trim_whitespace=False)
     content_type = serializers.ChoiceField(choices=ContentType.choices, default=ContentType.TEXT)
-    priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
-    ttl_seconds = serializers.IntegerField(
-        min_value=1, max_value=MAX_TTL_SECONDS, required=False, allow_null=True
-    )
     attachment_ids = serializers.ListField(
         child=serializers.UUIDField(), max_length=MAX_ATTACHMENTS, required=False, default=list
     )
-
-    def validate_recipient_phone_number(self, value: str) -> str:
-        return phone_field(value)
 
     def validate_attachment_ids(self, value: list) -> list:
         if len(set(value)) != len(value):
@@ -77,12 +68,31 @@ class OneWayMessageInputSerializer(serializers.Serializer):
         return value
 
     def validate(self, data: dict) -> dict:
+        # Whether the ids name the author's own unattached media is checked by the send
+        # service, under lock.
         try:
             data["content"] = normalize_content(data["content"], data["content_type"])
         except DjangoValidationError as exc:
             raise serializers.ValidationError({"content": exc.messages}) from exc
-        # Absent and empty mean the same (and hash the same for Idempotency-Key); whether the
-        # ids name the sender's own unattached media is checked by message_send, under lock.
+        return data
+
+
+class OneWayMessageInputSerializer(MessageContentInputSerializer):
+    """The body of a one-way send (also used, per item, by batch and broadcast)."""
+
+    recipient_phone_number = serializers.CharField(max_length=32)
+    subject = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
+    ttl_seconds = serializers.IntegerField(
+        min_value=1, max_value=MAX_TTL_SECONDS, required=False, allow_null=True
+    )
+
+    def validate_recipient_phone_number(self, value: str) -> str:
+        return phone_field(value)
+
+    def validate(self, data: dict) -> dict:
+        data = super().validate(data)
+        # Absent and empty mean the same (and hash the same for Idempotency-Key).
         if not data.get("attachment_ids"):
             data.pop("attachment_ids", None)
         return data

@@ -16,7 +16,7 @@ from apps.common.phone import normalize_phone
 from apps.common.serializers import represent
 
 from . import bulk
-from .content import normalize_content
+from .content import MAX_ATTACHMENTS, MAX_CONTENT_LENGTH, normalize_content
 from .flow import sends_admit
 from .models import ContentType, DeadLetter, Kind, Priority, Status
 from .pagination import PagePagination
@@ -43,7 +43,6 @@ from .services import (
 
 MAX_TTL_SECONDS = 30 * 24 * 3600
 CanSendBroadcast = sender_permission("send_broadcast")
-MAX_ATTACHMENTS = 5
 
 
 def phone_field(value: str) -> str:
@@ -56,7 +55,7 @@ def phone_field(value: str) -> str:
 class MessageContentInputSerializer(serializers.Serializer):
     """What every kind of message carries: content, its type, attachments (one-way and chat)."""
 
-    content = serializers.CharField(max_length=10_000, trim_whitespace=False)
+    content = serializers.CharField(max_length=MAX_CONTENT_LENGTH, trim_whitespace=False)
     content_type = serializers.ChoiceField(choices=ContentType.choices, default=ContentType.TEXT)
     attachment_ids = serializers.ListField(
         child=serializers.UUIDField(), max_length=MAX_ATTACHMENTS, required=False, default=list
@@ -304,7 +303,7 @@ class BroadcastInputSerializer(serializers.Serializer):
     )
     all = serializers.BooleanField(required=False, default=False)
     subject = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    content = serializers.CharField(max_length=10_000, trim_whitespace=False)
+    content = serializers.CharField(max_length=MAX_CONTENT_LENGTH, trim_whitespace=False)
     content_type = serializers.ChoiceField(choices=ContentType.choices, default=ContentType.TEXT)
     priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
     ttl_seconds = serializers.IntegerField(

@@ -1,4 +1,4 @@
-"""Content rules: HTML is stripped from text, JSON must parse, length is bounded."""
+"""Content rules: HTML is stripped from text, JSON must parse, length and attachments are bounded."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from django.core.exceptions import ValidationError
 from .models import ContentType
 
 MAX_CONTENT_LENGTH = 10_000
+# Media attached to one message (SPEC section 3).
+MAX_ATTACHMENTS = 5
 
 
 def normalize_content(content: str, content_type: str) -> str:

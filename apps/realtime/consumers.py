@@ -24,7 +24,7 @@ from apps.conversations.models import ConversationStatus
 from apps.conversations.selectors import conversation_for
 from apps.conversations.services import conversation_message_send
 from apps.messaging import services
-from apps.messaging.content import normalize_content
+from apps.messaging.content import MAX_ATTACHMENTS, MAX_CONTENT_LENGTH, normalize_content
 from apps.messaging.errors import MediaNotAttachable, MediaNotFound, MessagingError, RecipientNotFound
 from apps.messaging.flow import Overloaded, SendRateLimited, sends_admit
 from apps.messaging.models import ContentType, Status
@@ -42,8 +42,6 @@ CLOSE_UNAUTHENTICATED = 4401
 MAX_IDS_PER_FRAME = 1000
 # Any frame proves the connection alive; refresh presence at most this often between pings.
 HEARTBEAT_REFRESH_SECONDS = 10
-MAX_CONTENT_CHARS = 10_000
-MAX_ATTACHMENTS = 5
 MAX_CLIENT_ID_CHARS = 100
 TYPING_REFUSED = {
     "not_found": "No conversation of yours has this id.",
@@ -289,7 +287,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
 
 
 def _chat_fields(content: dict) -> tuple[str, dict]:
-    """Validate a `chat.send` frame; return (problem, "") or ("", the service's arguments)."""
+    """Validate a `chat.send` frame; return (problem, {}) or ("", the service's arguments)."""
     conversation_id = content.get("conversation_id")
     text, content_type = content.get("content"), content.get("content_type", ContentType.TEXT)
     media_ids = _media_ids(content.get("attachment_ids"))
@@ -297,8 +295,8 @@ def _chat_fields(content: dict) -> tuple[str, dict]:
         return "'conversation_id' must be a conversation's id (UUID).", {}
     if content_type not in ContentType.values:
         return f"'content_type' must be one of {', '.join(ContentType.values)}.", {}
-    if not isinstance(text, str) or not text.strip() or len(text) > MAX_CONTENT_CHARS:
-        return f"'content' must be 1 to {MAX_CONTENT_CHARS:,} characters.", {}
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_CONTENT_LENGTH:
+        return f"'content' must be 1 to {MAX_CONTENT_LENGTH:,} characters.", {}
     if media_ids is None:
         return f"'attachment_ids' must be a list of at most {MAX_ATTACHMENTS} distinct media ids.", {}
     try:

@@ -23,10 +23,11 @@ from apps.conversations.models import Conversation, ConversationStatus
 from apps.conversations.services import conversation_close, conversation_message_send
 from apps.media.services import media_upload
 from apps.messaging import flow, services
+from apps.messaging.content import MAX_CONTENT_LENGTH
 from apps.messaging.models import Kind, Message, Status
 from apps.messaging.selectors import with_parties
 from apps.realtime import presence
-from apps.realtime.consumers import MAX_CONTENT_CHARS, TYPING_BURST
+from apps.realtime.consumers import TYPING_BURST
 from apps.realtime.frames import message_payload
 from tests.factories import ConversationFactory, SenderFactory
 
@@ -407,7 +408,7 @@ async def test_a_one_way_message_id_cannot_be_answered(
     [
         pytest.param({"content": ""}, id="empty"),
         pytest.param({"content": "   \n "}, id="blank"),
-        pytest.param({"content": "x" * (MAX_CONTENT_CHARS + 1)}, id="too-long"),
+        pytest.param({"content": "x" * (MAX_CONTENT_LENGTH + 1)}, id="too-long"),
         pytest.param({"content": None}, id="null"),
         pytest.param({"content": 42}, id="number"),
         pytest.param({"content": "<b></b>"}, id="empty-after-stripping-html"),
@@ -438,8 +439,8 @@ async def test_invalid_chat_send_is_an_invalid_frame_error_and_stores_nothing(
 @async_test
 async def test_content_of_exactly_the_maximum_length_is_accepted(mobile_token, conversation, redis):
     async with mobile_socket(mobile_token) as phone:
-        message = await accepted(phone, conversation, "x" * MAX_CONTENT_CHARS)
-    assert len((await db(_message)(message["id"])).content) == MAX_CONTENT_CHARS
+        message = await accepted(phone, conversation, "x" * MAX_CONTENT_LENGTH)
+    assert len((await db(_message)(message["id"])).content) == MAX_CONTENT_LENGTH
 
 
 @async_test

@@ -196,3 +196,25 @@ def test_every_transition_is_logged_once_with_its_source_target_and_reason(sende
     assert [(r.message_id, r.__dict__["from"], r.to, r.reason) for r in records] == [
         (str(queued.pk), Status.QUEUED, Status.FAILED, "expired")
     ]  # the refused move of the read message logs nothing
+
+
+def test_a_status_line_carries_the_correlation_id_of_the_request_that_sent_the_message(
+    sender, mobile_user, caplog
+):
+    from apps.ops.logging import CorrelationIdFilter, correlation_context
+
+    sent_by_request = MessageFactory(sender=sender, recipient=mobile_user, correlation_id="req-1")
+    without_one = MessageFactory(sender=sender, recipient=mobile_user, correlation_id="")
+
+    with caplog.at_level("INFO", logger="apps.messaging.lifecycle"), correlation_context("sweep-9"):
+        lifecycle.transition(
+            Message.objects.filter(pk__in=[sent_by_request.pk, without_one.pk]), to=Status.PENDING
+        )
+
+    stamp = CorrelationIdFilter()
+    records = {r.message_id: r for r in caplog.records if r.getMessage() == "message.status"}
+    with correlation_context("sweep-9"):
+        for record in records.values():
+            stamp.filter(record)
+    assert records[str(sent_by_request.pk)].correlation_id == "req-1"
+    assert records[str(without_one.pk)].correlation_id == "sweep-9"  # falls back to the task's

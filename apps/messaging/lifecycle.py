@@ -153,19 +153,20 @@ def transition(
             _chat_consequences(chat, to=to, now=now)
     if updated != len(rows):  # only possible without row locks (SQLite); the CAS still held
         logger.warning("message.transition_raced", extra={"expected": len(rows), "updated": updated})
-    for row in rows if logger.isEnabledFor(logging.INFO) else ():
-        # With the id of the request that sent the message, whichever task or socket moved it:
-        # one id finds a message's whole history in the logs.
-        logger.info(
-            "message.status",
-            extra={
-                "message_id": str(row.id),
-                "from": row.previous,
-                "to": to,
-                "reason": reason,
-                "correlation_id": row.correlation_id,
-            },
-        )
+    if logger.isEnabledFor(logging.INFO):  # skip building a record per row when nobody reads it
+        for row in rows:
+            # With the id of the request that sent the message, whichever task or socket moved
+            # it: one id finds a message's whole history in the logs.
+            logger.info(
+                "message.status",
+                extra={
+                    "message_id": str(row.id),
+                    "from": row.previous,
+                    "to": to,
+                    "reason": reason,
+                    "correlation_id": row.correlation_id,
+                },
+            )
     return [Moved(row.id, row.previous) for row in rows]
 
 

@@ -85,10 +85,6 @@ def group_send_many(events: list[tuple[str, dict]]) -> list[BaseException | None
     return outcomes
 
 
-def mobile_group(user_id: int) -> str:
-    return f"mobile.{user_id}"
-
-
 def party_group(kind: str, user_id: int) -> str:
     """Return the group of every open connection of a user: `mobile.<id>` or `business.<id>`."""
     return f"{kind}.{user_id}"

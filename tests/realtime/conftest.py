@@ -30,9 +30,7 @@ MOBILE_PATH = "/ws/mobile/"
 TIMEOUT = 5
 # How long "nothing else arrives" is watched; long enough for a frame already on its way.
 QUIET = 0.3
-# A refused socket has no cleanup to wait for. The wait matters because of a redis-py race
-# (redis/redis-py#2028): cancelling the consumer's pending BZPOPMIN is sometimes swallowed,
-# and the application then only ends when the wait gives up and cancels it again.
+# A refused socket has no cleanup to wait for; a short wait keeps a refusal test from idling.
 REFUSED_CLOSE_TIMEOUT = 0.5
 
 
@@ -84,7 +82,7 @@ async def receive(ws: WebsocketCommunicator) -> dict:
     """Return the next JSON frame written to `ws`.
 
     The timeout is ours, not the communicator's: its own cancels the application on expiry,
-    which can hang on the redis-py race above instead of failing the test.
+    which can hang in the application's cleanup instead of failing the test.
     """
     async with asyncio.timeout(TIMEOUT):
         return await ws.receive_json_from(timeout=None)

@@ -22,7 +22,10 @@ def test_a_round_to_hundreds_of_groups_at_once_reaches_each_exactly_once():
     channels = [socket_open(user_id) for user_id in range(1, GROUPS + 1)]
 
     outcomes = bridge.group_send_many(
-        [(bridge.mobile_group(user_id), {"type": "x", "n": user_id}) for user_id in range(1, GROUPS + 1)]
+        [
+            (bridge.party_group("mobile", user_id), {"type": "x", "n": user_id})
+            for user_id in range(1, GROUPS + 1)
+        ]
     )
 
     assert outcomes == [None] * GROUPS

@@ -14,11 +14,12 @@ import pytest
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
+from apps.accounts.models import PartyKind
 from apps.messaging import services
 from apps.messaging.models import Channel, DeliveryAttempt, Message, Outcome, Status
 from apps.ops.logging import correlation_context
 from apps.realtime import presence
-from apps.realtime.bridge import mobile_group
+from apps.realtime.bridge import party_group
 from apps.realtime.consumers import MAX_IDS_PER_FRAME
 from apps.realtime.frames import message_frame, message_payload
 from tests.factories import MessageFactory
@@ -372,7 +373,7 @@ async def test_delivery_event_without_correlation_id_is_written(sender, mobile_u
     async with mobile_socket(mobile_token) as ws:
         await round_trip(ws)
         await get_channel_layer().group_send(
-            mobile_group(mobile_user.pk), {"type": "deliver.messages", "messages": [payload]}
+            party_group(PartyKind.MOBILE, mobile_user.pk), {"type": "deliver.messages", "messages": [payload]}
         )
         assert await receive(ws) == {"type": "message", "message": payload}
 

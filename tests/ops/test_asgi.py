@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 
+import django
 import pytest
 from asgiref.sync import SyncToAsync, async_to_sync
 
@@ -13,10 +14,11 @@ from apps.accounts.services import token_create
 from apps.messaging import apis
 from apps.messaging.models import Message
 from apps.ops.middleware import CorrelationIdMiddleware
+from messaging_project import http
 from messaging_project.asgi import application
 
-# request_started, the middleware chain with the view, and closing the response.
-HOPS_PER_REQUEST = 3
+# request_started, the middleware chain with the view and request_finished, all in one.
+HOPS_PER_REQUEST = 1
 
 
 async def _call(method: str, path: str, *, token: str | None = None, body: dict | None = None):
@@ -79,7 +81,7 @@ def hops(monkeypatch) -> list[str]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_send_through_the_asgi_app_is_stored_and_costs_three_thread_hops(
+def test_a_send_through_the_asgi_app_is_stored_and_costs_one_thread_hop(
     sender, sender_token, mobile_user, hops
 ):
     status, headers, body = async_to_sync(_call)(
@@ -133,3 +135,40 @@ def test_errors_keep_their_status_and_json_detail(sender_token):
     status, _, body = async_to_sync(_call)("POST", "/api/v1/messages/", token=sender_token, body={})
     assert status == 400
     assert "recipient_phone_number" in body
+
+
+def test_the_replaced_django_internals_are_those_of_the_installed_version():
+    # OneHopASGIHandler.handle replaces ASGIHandler.handle: re-read Django's before widening
+    # DJANGO_TESTED to a new version.
+    assert http.django_is_tested(), f"written for Django {http.DJANGO_TESTED}, not {django.get_version()}"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_saturated_process_answers_503_with_retry_after_and_stores_nothing(
+    sender_token, mobile_user, monkeypatch
+):
+    handler = application.application_mapping["http"]
+    monkeypatch.setattr(handler, "in_flight", handler.max_in_flight)
+
+    status, headers, body = async_to_sync(_call)(
+        "POST",
+        "/api/v1/messages/",
+        token=sender_token,
+        body={"recipient_phone_number": mobile_user.phone_number, "content": "hi"},
+    )
+
+    assert status == 503
+    assert headers[b"Retry-After"] == b"1"
+    assert "capacity" in body["detail"]
+    assert not Message.objects.exists()
+    # Health checks still answer, so the load balancer sees a live process.
+    status, _, _ = async_to_sync(_call)("GET", "/health/live")
+    assert status == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requests_in_flight_are_counted_down_after_errors_too(sender_token):
+    handler = application.application_mapping["http"]
+    async_to_sync(_call)("POST", "/api/v1/messages/", token=sender_token, body={})
+    async_to_sync(_call)("GET", "/api/v1/no-such-endpoint/", token=sender_token)
+    assert handler.in_flight == 0

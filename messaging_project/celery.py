@@ -4,7 +4,7 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import beat_init, task_postrun, task_prerun
 from kombu import Queue
 from kombu.transport import redis as redis_transport
 
@@ -30,6 +30,14 @@ def _close_old_connections(sender=None, **_kwargs) -> None:
     if sender is not None and getattr(sender.request, "is_eager", False):
         return
     close_old_connections()
+
+
+@beat_init.connect
+def _start_outbox_relay(sender=None, **_kwargs) -> None:
+    """Run the outbox relay inside beat: committed `queued` messages leave from there."""
+    from apps.messaging.relay import relay_start
+
+    relay_start()
 
 
 logger = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ channel stays subscribed between reads, so no event is missed while a test looks
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 
 from channels.layers import get_channel_layer
@@ -62,3 +63,9 @@ def sockets_close() -> None:
         bridge.run(cancel(list(_readers)))
     _readers.clear()
     _inboxes.clear()
+
+
+def event_payloads(event: dict) -> list[dict]:
+    """Return the M objects of a `deliver.messages` event (each frame travels encoded)."""
+    assert event["type"] == "deliver.messages"
+    return [json.loads(m["frame"])["message"] for m in event["messages"]]

@@ -26,10 +26,10 @@ from apps.media.services import media_attach
 from apps.ops.logging import get_correlation_id
 from apps.realtime import presence
 
-from . import lifecycle, services
+from . import lifecycle, outgoing, services
 from .errors import MessagingError
 from .models import Broadcast, BroadcastStatus, IdempotencyKey, Kind, Message, Outcome, Priority, Status
-from .selectors import with_parties
+from .relay import relay_round
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def messages_send_batch(*, sender: User, items: list[dict]) -> list[Message]:
                     content_type=item.get("content_type", "text"),
                     priority=item.get("priority", Priority.NORMAL),
                     status=Status.QUEUED,
-                    next_attempt_at=services._dispatch_deadline(now),
+                    next_attempt_at=now,  # due for the relay at once
                     ttl_seconds=ttl,
                     expires_at=now + timedelta(seconds=ttl) if ttl else None,
                     correlation_id=correlation_id,
@@ -124,9 +124,8 @@ def messages_send_batch(*, sender: User, items: list[dict]) -> list[Message]:
             next_seq[recipient_id] += 1
         copy_insert(messages)
         _attach_all(sender, items, messages)
-        # A recipient's messages together and in seq order: one frame event each.
-        rows = [(m.pk, m.priority) for m in sorted(messages, key=lambda m: (m.recipient_id, m.seq))]
-        transaction.on_commit(lambda: services.messages_dispatch(rows))
+        if settings.MESSAGING_RELAY_ON_COMMIT:
+            transaction.on_commit(relay_round)
     logger.info("message.batch_accepted", extra={"count": len(messages)})
     return messages
 
@@ -199,17 +198,17 @@ def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
             report.sent += outcome == "sent"
             report.offline += outcome == "offline"
         return report
-    messages = list(
-        with_parties(Message.objects.filter(pk__in=message_ids, status__in=(Status.QUEUED, Status.PENDING)))
-        .select_related("recipient", "recipient_business")
-        .order_by("recipient_business_id", "recipient_id", "seq")
+    messages = outgoing.rows(
+        Message.objects.filter(pk__in=message_ids, status__in=(Status.QUEUED, Status.PENDING)).order_by(
+            "recipient_business_id", "recipient_id", "seq"
+        )
     )
     report.skipped = len(message_ids) - len(messages)
     now = timezone.now()
     expired = [m.pk for m in messages if m.expires_at and m.expires_at <= now]
     if expired:
         report.failed += len(services.messages_fail(Message.objects.filter(pk__in=expired), reason="expired"))
-    inactive = [m.pk for m in messages if m.pk not in expired and not _recipient(m).is_active]
+    inactive = [m.pk for m in messages if m.pk not in expired and not m.recipient_is_active]
     if inactive:
         report.failed += len(
             services.messages_fail(Message.objects.filter(pk__in=inactive), reason="recipient deactivated")
@@ -227,28 +226,22 @@ def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
     online = {
         (kind, user_id)
         for kind in PartyKind.values
-        for user_id in presence.online_user_ids(
-            (m.recipient_party[1] for m in live if m.recipient_party[0] == kind), kind=kind
-        )
+        for user_id in presence.online_user_ids((m.party[1] for m in live if m.party[0] == kind), kind=kind)
     }
-    offline = [m for m in live if m.recipient_party not in online]
+    offline = [m for m in live if m.party not in online]
     if offline:
         report.offline_recipients = _hold_offline(offline, now=now)
         report.offline = len(offline)
-    report.sent = services.messages_write([m for m in live if m.recipient_party in online])
+    report.sent = services.messages_write(outgoing.outgoing([m for m in live if m.party in online]))
     return report
 
 
-def _recipient(message: Message) -> User | MobileUser:
-    return message.recipient if message.recipient_id is not None else message.recipient_business
-
-
-def _hold_offline(messages: list[Message], *, now) -> list[tuple[str, int]]:
+def _hold_offline(messages: list[outgoing.Row], *, now) -> list[tuple[str, int]]:
     """Move queued messages of offline recipients to `pending`; push to each mobile one after commit.
 
     Return the recipients whose messages moved.
     """
-    party_of = {m.pk: m.recipient_party for m in messages}
+    party_of = {m.pk: m.party for m in messages}
     with transaction.atomic():
         moved = lifecycle.transition(
             Message.objects.filter(pk__in=list(party_of), status=Status.QUEUED),
@@ -371,7 +364,7 @@ def broadcast_expand_chunk(*, broadcast_id: str | uuid.UUID, after: int) -> int 
                     content_type=broadcast.content_type,
                     priority=broadcast.priority,
                     status=Status.QUEUED,
-                    next_attempt_at=services._dispatch_deadline(now),
+                    next_attempt_at=now,  # due for the relay at once
                     ttl_seconds=ttl,
                     expires_at=now + timedelta(seconds=ttl) if ttl else None,
                     correlation_id=broadcast.correlation_id,
@@ -390,8 +383,8 @@ def broadcast_expand_chunk(*, broadcast_id: str | uuid.UUID, after: int) -> int 
         if not more:
             changes.update(status=BroadcastStatus.EXPANDED, expanded_at=now)
         Broadcast.objects.filter(pk=broadcast.pk, expanded_through=after).update(**changes)
-        rows = [(m.pk, m.priority) for m in messages]
-        transaction.on_commit(lambda: services.messages_dispatch(rows))
+        if messages and settings.MESSAGING_RELAY_ON_COMMIT:
+            transaction.on_commit(relay_round)
         if more:
             transaction.on_commit(lambda: _enqueue_expand(broadcast.pk, cursor))
     logger.info("broadcast.expanded_chunk", extra={"broadcast_id": str(broadcast_id), "count": len(messages)})

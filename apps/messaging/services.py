@@ -13,11 +13,12 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Prefetch, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
@@ -28,11 +29,10 @@ from apps.media.models import Media
 from apps.media.services import media_attach
 from apps.ops.logging import get_correlation_id
 from apps.realtime import bridge, presence
-from apps.realtime.frames import message_payload
 
-from . import lifecycle
+from . import lifecycle, outgoing
 from .backoff import retries_exhausted, retry_delay
-from .dispatch import dispatch_committed, messages_dispatch
+from .dispatch import messages_dispatch
 from .errors import IdempotencyKeyInFlight, IdempotencyKeyMismatch, RecipientNotFound
 from .models import (
     Channel,
@@ -45,6 +45,8 @@ from .models import (
     Priority,
     Status,
 )
+from .outgoing import Outgoing
+from .relay import relay_notify, relay_round
 from .selectors import (
     has_earlier_undelivered,
     parse_uuid,
@@ -70,10 +72,6 @@ def _ack_deadline(now: datetime) -> datetime:
     return now + timedelta(seconds=settings.MESSAGING_ACK_TIMEOUT_SECONDS)
 
 
-def _dispatch_deadline(now: datetime) -> datetime:
-    return now + timedelta(seconds=settings.MESSAGING_DISPATCH_GRACE_SECONDS)
-
-
 # --- Sending --------------------------------------------------------------------------------
 
 
@@ -88,35 +86,30 @@ def message_send(
     ttl_seconds: int | None = None,
     attachment_ids: Iterable[uuid.UUID] = (),
 ) -> Message:
-    """Persist a one-way message with the recipient's next `seq`; dispatch it after commit.
+    """Persist a one-way message with the recipient's next `seq`; the relay dispatches it.
 
     `attachment_ids` name the sender's unattached uploads (already stored, so the message
     can go at once); MediaNotFound if one is not, and nothing is stored then.
     """
-    with transaction.atomic():
-        # The conditional increment locks the recipient's row until commit, so concurrent
-        # sends to one recipient take consecutive numbers and a rollback leaves no gap.
-        bumped = MobileUser.objects.filter(phone_number=recipient_phone_number, is_active=True).update(
-            last_seq=F("last_seq") + 1
-        )
-        if not bumped:
-            raise RecipientNotFound(f"No active mobile user has the phone number {recipient_phone_number}.")
-        recipient = MobileUser.objects.get(phone_number=recipient_phone_number)
-        message = _message_store(
-            Message(
-                kind=Kind.ONE_WAY,
-                sender=sender,
-                recipient=recipient,
-                seq=recipient.last_seq,
-                subject=subject,
-                content=content,
-                content_type=content_type,
-                priority=priority,
-                ttl_seconds=ttl_seconds,
-            ),
-            uploader=sender,
-            attachment_ids=attachment_ids,
-        )
+    message = Message(
+        kind=Kind.ONE_WAY,
+        sender=sender,
+        subject=subject,
+        content=content,
+        content_type=content_type,
+        priority=priority,
+        ttl_seconds=ttl_seconds,
+    )
+    recipient = MobileUser(phone_number=recipient_phone_number)
+    stored = _message_store(
+        message,
+        recipient=recipient,
+        where=("phone_number", recipient_phone_number),
+        uploader=sender,
+        attachment_ids=attachment_ids,
+    )
+    if not stored:
+        raise RecipientNotFound(f"No active mobile user has the phone number {recipient_phone_number}.")
     return message
 
 
@@ -129,57 +122,116 @@ def chat_message_store(
     content_type: str = "text",
     attachment_ids: Iterable[uuid.UUID] = (),
 ) -> Message:
-    """Persist a chat message with the recipient's next `seq` (its own stream); dispatch after commit.
+    """Persist a chat message with the recipient's next `seq` (its own stream); the relay dispatches it.
 
     Runs in the caller's transaction, which owns the conversation (conversations.services).
     Raise RecipientNotFound when the recipient was deactivated: nothing is stored then.
     """
-    model = type(recipient)
-    with transaction.atomic():
-        # As in message_send: the increment locks the recipient's row until commit.
-        if not model.objects.filter(pk=recipient.pk, is_active=True).update(last_seq=F("last_seq") + 1):
-            raise RecipientNotFound("The other participant of this conversation is no longer active.")
-        seq = model.objects.filter(pk=recipient.pk).values_list("last_seq", flat=True).get()
-        to_mobile = recipient.party_kind == PartyKind.MOBILE
-        by_mobile = author.party_kind == PartyKind.MOBILE
-        return _message_store(
-            Message(
-                kind=Kind.CHAT,
-                conversation_id=conversation_id,
-                sender=None if by_mobile else author,
-                sender_mobile=author if by_mobile else None,
-                recipient=recipient if to_mobile else None,
-                recipient_business=None if to_mobile else recipient,
-                seq=seq,
-                content=content,
-                content_type=content_type,
-                # Someone is waiting for the answer: chat takes the fast lane.
-                priority=Priority.HIGH,
-            ),
-            uploader=author,
-            attachment_ids=attachment_ids,
-        )
+    by_mobile = author.party_kind == PartyKind.MOBILE
+    message = Message(
+        kind=Kind.CHAT,
+        conversation_id=conversation_id,
+        sender=None if by_mobile else author,
+        sender_mobile=author if by_mobile else None,
+        content=content,
+        content_type=content_type,
+        # Someone is waiting for the answer: chat takes the fast lane.
+        priority=Priority.HIGH,
+    )
+    if not _message_store(
+        message,
+        recipient=recipient,
+        where=("id", recipient.pk),
+        uploader=author,
+        attachment_ids=attachment_ids,
+    ):
+        raise RecipientNotFound("The other participant of this conversation is no longer active.")
+    return message
 
 
 def _message_store(
-    message: Message, *, uploader: User | MobileUser, attachment_ids: Iterable[uuid.UUID]
-) -> Message:
-    """Insert `message` as `queued` with its attachments; dispatch it after commit."""
+    message: Message,
+    *,
+    recipient: User | MobileUser,
+    where: tuple[str, object],
+    uploader: User | MobileUser,
+    attachment_ids: Iterable[uuid.UUID],
+) -> bool:
+    """Insert `message` as `queued` with the next `seq` of the active recipient matching `where`.
+
+    Return False (nothing stored) when no active recipient matches. The seq is taken by
+    incrementing the recipient's `last_seq` in the statement that inserts the message: the
+    increment locks the recipient's row until commit, so concurrent sends to one recipient take
+    consecutive numbers and a rollback leaves no gap. Without attachments this is one statement
+    (in autocommit, its own transaction); with them, one transaction with the attaching.
+    """
     now = timezone.now()
     message.status = Status.QUEUED
-    message.next_attempt_at = _dispatch_deadline(now)
+    message.next_attempt_at = now  # due for the relay at once
+    message.created_at = now
     message.expires_at = now + timedelta(seconds=message.ttl_seconds) if message.ttl_seconds else None
     message.correlation_id = get_correlation_id()
-    message.save(force_insert=True)
     media_ids = list(attachment_ids)
-    media_attach(message=message, uploader=uploader, media_ids=media_ids)
+    with transaction.atomic() if media_ids else nullcontext():
+        found = _insert_with_next_seq(message, recipient=recipient, where=where)
+        if not found:
+            return False
+        media_attach(message=message, uploader=uploader, media_ids=media_ids)
+        if settings.MESSAGING_RELAY_ON_COMMIT:
+            transaction.on_commit(relay_round)
     if not media_ids:
         # Nothing attached: the caller's representation needs no query to learn that.
         prefetch_related_objects([message], Prefetch("attachments", queryset=Media.objects.none()))
-    rows = [(message.pk, message.priority)]
-    transaction.on_commit(lambda: dispatch_committed(rows))
     logger.info("message.accepted", extra={"message_id": str(message.pk), "seq": message.seq})
-    return message
+    return True
+
+
+def _insert_with_next_seq(
+    message: Message, *, recipient: User | MobileUser, where: tuple[str, object]
+) -> bool:
+    """Take the recipient's next seq and insert `message` with it; return whether a recipient matched."""
+    model = type(recipient)
+    column, value = where
+    fk = "recipient_id" if model is MobileUser else "recipient_business_id"
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            if not model.objects.filter(**{column: value}, is_active=True).update(last_seq=F("last_seq") + 1):
+                return False
+            pk, seq = model.objects.filter(**{column: value}).values_list("pk", "last_seq").get()
+            setattr(message, fk, pk)
+            message.seq = seq
+            message.save(force_insert=True)
+        _remember_recipient(message, recipient, pk)
+        return True
+    fields = [f for f in Message._meta.concrete_fields if f.attname not in (fk, "seq")]
+    values = [f.get_db_prep_save(f.pre_save(message, add=True), connection) for f in fields]
+    columns = ", ".join(f'"{f.column}"' for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    sql = (
+        f'WITH r AS (UPDATE "{model._meta.db_table}" SET last_seq = last_seq + 1'
+        f' WHERE "{column}" = %s AND is_active RETURNING id, last_seq)'
+        f' INSERT INTO "{Message._meta.db_table}" ({columns}, "{fk}", "seq")'
+        f' SELECT {placeholders}, r.id, r.last_seq FROM r RETURNING "{fk}", seq'
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value, *values])
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    setattr(message, fk, row[0])
+    message.seq = row[1]
+    message._state.adding = False
+    message._state.db = connection.alias
+    _remember_recipient(message, recipient, row[0])
+    return True
+
+
+def _remember_recipient(message: Message, recipient: User | MobileUser, pk: int) -> None:
+    # What the send's answer shows of the recipient (its phone number) is known: no query.
+    if recipient.pk is None:
+        recipient.pk = pk
+    field = "recipient" if isinstance(recipient, MobileUser) else "recipient_business"
+    setattr(message, field, recipient)
 
 
 def request_hash(payload: dict) -> str:
@@ -284,7 +336,7 @@ def message_deliver(*, message_id: str | uuid.UUID) -> str:
                 if kind == PartyKind.MOBILE:  # business users have no devices to wake
                     transaction.on_commit(lambda: push_schedule(recipient_id=recipient_id))
         return "offline"
-    messages_write([message])
+    messages_write(outgoing.outgoing(outgoing.rows(Message.objects.filter(pk=message.pk))))
     return "sent"
 
 
@@ -299,7 +351,7 @@ def recipient_deliver_backlog(*, recipient_id: int, kind: str = PartyKind.MOBILE
     now = timezone.now()
     undelivered = undelivered_for_recipient(recipient_id=recipient_id, kind=kind)
     if _strict():
-        first = undelivered.first()
+        first = next(iter(outgoing.rows(undelivered[:1])), None)
         if first is None or first.status == Status.SENT:
             return 0
         if first.status == Status.PENDING and first.next_attempt_at and first.next_attempt_at > now:
@@ -308,15 +360,17 @@ def recipient_deliver_backlog(*, recipient_id: int, kind: str = PartyKind.MOBILE
     else:
         batch = [
             m
-            for m in undelivered.filter(status=Status.PENDING)[: settings.MESSAGING_CATCHUP_CHUNK]
+            for m in outgoing.rows(
+                undelivered.filter(status=Status.PENDING)[: settings.MESSAGING_CATCHUP_CHUNK]
+            )
             if m.next_attempt_at is None or m.next_attempt_at <= now
         ]
     if batch:
-        messages_write(batch)
+        messages_write(outgoing.outgoing(batch))
     return len(batch)
 
 
-def messages_write(messages: list[Message]) -> int:
+def messages_write(messages: list[Outgoing]) -> int:
     """Mark `messages` sent in one update, then send one event per recipient; return how many.
 
     The bookkeeping comes first so that the device's ack, however fast, always finds the
@@ -326,19 +380,21 @@ def messages_write(messages: list[Message]) -> int:
     if not messages:
         return 0
     moved = messages_mark_sent([m.pk for m in messages])
-    by_recipient: dict[str, list[dict]] = defaultdict(list)
-    ids_of: dict[str, list[uuid.UUID]] = defaultdict(list)
+    by_group: dict[str, list[Outgoing]] = defaultdict(list)
     for m in messages:
         if m.pk in moved:
-            group = bridge.party_group(*m.recipient_party)
-            by_recipient[group].append(message_payload(m))
-            ids_of[group].append(m.pk)
+            by_group[m.group].append(m)
     correlation_id = get_correlation_id()
-    groups = list(by_recipient)
+    groups = list(by_group)
     events = [
         (
             group,
-            {"type": "deliver.messages", "messages": by_recipient[group], "correlation_id": correlation_id},
+            {
+                "type": "deliver.messages",
+                # Encoded once (outgoing.encode_frame): each socket writes the text as it is.
+                "messages": [{"id": str(m.pk), "frame": m.frame} for m in by_group[group]],
+                "correlation_id": correlation_id,
+            },
         )
         for group in groups
     ]
@@ -351,7 +407,7 @@ def messages_write(messages: list[Message]) -> int:
     for group, outcome in zip(groups, outcomes, strict=True):
         if outcome is not None:
             error = error or outcome
-            unsent += ids_of[group]
+            unsent += [m.pk for m in by_group[group]]
     if error is not None:
         with transaction.atomic():
             back = lifecycle.transition(
@@ -382,10 +438,10 @@ def messages_mark_sent(message_ids: list[uuid.UUID]) -> set[uuid.UUID]:
 
 def catchup_chunk(
     *, recipient_id: int, after_seq: int, limit: int, kind: str = PartyKind.MOBILE
-) -> tuple[list[dict], int | None]:
+) -> tuple[list[Outgoing], int | None]:
     """Claim the next chunk of the recipient's undelivered messages for a (re)connected socket.
 
-    Return their frame payloads in seq order and the last seq looked at (None when done). The
+    Return their encoded frames in seq order and the last seq looked at (None when done). The
     messages are marked `sent` before the caller writes them: a write that fails is caught by
     the ack timeout like any other lost frame.
     """
@@ -393,12 +449,14 @@ def catchup_chunk(
         if after_seq:
             return [], None
         limit = 1
-    batch = list(undelivered_for_recipient(recipient_id=recipient_id, after_seq=after_seq, kind=kind)[:limit])
+    batch = outgoing.rows(
+        undelivered_for_recipient(recipient_id=recipient_id, after_seq=after_seq, kind=kind)[:limit]
+    )
     if not batch:
         return [], None
     moved = messages_mark_sent([m.pk for m in batch])
-    payloads = [message_payload(m) for m in batch if m.pk in moved]
-    return payloads, batch[-1].seq
+    frames = outgoing.outgoing([m for m in batch if m.pk in moved])
+    return frames, batch[-1].seq
 
 
 def _record_attempts(
@@ -580,13 +638,13 @@ def dead_letters_requeue(*, dead_letters: QuerySet[DeadLetter]) -> list[uuid.UUI
                 to=Status.QUEUED,
                 now=now,
                 reason="requeued",
-                next_attempt_at=_dispatch_deadline(now),
+                next_attempt_at=now,  # due for the relay at once
                 expires_at=now + timedelta(seconds=ttl) if ttl else None,
             )
             requeued += [m.id for m in moved]
         DeadLetter.objects.filter(message_id__in=requeued).delete()
-        rows = list(Message.objects.filter(pk__in=requeued).values_list("pk", "priority"))
-        transaction.on_commit(lambda: messages_dispatch(rows))
+        if requeued:
+            relay_notify()
     return requeued
 
 
@@ -664,30 +722,6 @@ def pending_recipients_due_online(*, limit: int) -> list[tuple[str, int]]:
         for uid in presence.online_user_ids((i for k, i in candidates if k == kind), kind=kind)
     }
     return [pair for pair in candidates if pair in online]
-
-
-def sweep_queued(*, limit: int | None = None) -> int:
-    """Re-dispatch `queued` messages whose dispatch never happened (e.g. broker down at commit).
-
-    Each is claimed by pushing its deadline forward under a row lock that other sweeps skip,
-    so two beats never dispatch the same message twice in one round.
-    """
-    now = timezone.now()
-    with transaction.atomic():
-        rows = list(
-            Message.objects.filter(status=Status.QUEUED, next_attempt_at__lte=now)
-            .order_by("next_attempt_at")
-            .select_for_update(skip_locked=True)
-            .values_list("pk", "priority")[: limit or settings.MESSAGING_SWEEP_BATCH]
-        )
-        if not rows:
-            return 0
-        Message.objects.filter(pk__in=[pk for pk, _ in rows], status=Status.QUEUED).update(
-            next_attempt_at=_dispatch_deadline(now)
-        )
-        transaction.on_commit(lambda: messages_dispatch(rows))
-    logger.info("message.redispatch", extra={"count": len(rows)})
-    return len(rows)
 
 
 def sweep_expired(*, limit: int | None = None) -> int:

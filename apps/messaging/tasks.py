@@ -66,11 +66,6 @@ def sweep_pending() -> int:
 
 
 @shared_task(acks_late=True)
-def sweep_queued() -> int:
-    return services.sweep_queued()
-
-
-@shared_task(acks_late=True)
 def sweep_expired() -> int:
     return services.sweep_expired()
 

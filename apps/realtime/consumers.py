@@ -33,7 +33,7 @@ from apps.ops.logging import correlation_context
 
 from . import presence
 from .bridge import party_group
-from .frames import message_frame, message_payload
+from .frames import message_payload
 from .receipts import receipt_apply
 
 logger = logging.getLogger(__name__)
@@ -135,12 +135,12 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         after_seq = 0
         chunk = settings.MESSAGING_CATCHUP_CHUNK
         while True:
-            payloads, last_seq = await in_db_pool(services.catchup_chunk)(
+            frames, last_seq = await in_db_pool(services.catchup_chunk)(
                 recipient_id=self.user_id, after_seq=after_seq, limit=chunk, kind=self.kind
             )
-            for payload in payloads:
-                self.catchup_ids.add(payload["id"])
-                await self.send_json(message_frame(payload))
+            for outgoing in frames:
+                self.catchup_ids.add(str(outgoing.pk))
+                await self.send(text_data=outgoing.frame)
             if last_seq is None:
                 return
             after_seq = last_seq
@@ -272,12 +272,12 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
 
     async def deliver_messages(self, event: dict) -> None:
         with correlation_context(event.get("correlation_id", "")):
-            for payload in event["messages"]:
-                if payload["id"] in self.catchup_ids:
+            for message in event["messages"]:
+                if message["id"] in self.catchup_ids:
                     # Already written by the catch-up of this connection.
-                    self.catchup_ids.discard(payload["id"])
+                    self.catchup_ids.discard(message["id"])
                     continue
-                await self.send_json(message_frame(payload))
+                await self.send(text_data=message["frame"])
             logger.debug("frames.written", extra={"count": len(event["messages"])})
 
     async def deliver_frames(self, event: dict) -> None:

@@ -197,11 +197,17 @@ MESSAGING_BACKLOG_LIMIT = env.int("MESSAGING_BACKLOG_LIMIT", default=100_000)
 PRESENCE_STALE_SECONDS = env.float("PRESENCE_STALE_SECONDS", default=60)
 PRESENCE_RECORD_TTL_SECONDS = env.int("PRESENCE_RECORD_TTL_SECONDS", default=300)
 PENDING_SWEEP_SECONDS = env.float("PENDING_SWEEP_SECONDS", default=5)
-# How often the beat looks for timed-out acks and due retries, and for `queued` messages whose
-# dispatch never happened (broker down at commit); how long a `queued` message may wait first.
+# How often the beat looks for timed-out acks and due retries.
 MESSAGING_DUE_SWEEP_SECONDS = env.float("MESSAGING_DUE_SWEEP_SECONDS", default=1)
-MESSAGING_QUEUED_SWEEP_SECONDS = env.float("MESSAGING_QUEUED_SWEEP_SECONDS", default=10)
-MESSAGING_DISPATCH_GRACE_SECONDS = env.float("MESSAGING_DISPATCH_GRACE_SECONDS", default=15)
+# The outbox relay (apps/messaging/relay.py, a thread of Celery beat): messages claimed per
+# round; how long a claimed message waits for its delivery task before it is claimed again;
+# how often it looks without a notification (on SQLite, which has none, it looks every 50 ms).
+MESSAGING_RELAY_BATCH = env.int("MESSAGING_RELAY_BATCH", default=2000)
+MESSAGING_RELAY_LEASE_SECONDS = env.float("MESSAGING_RELAY_LEASE_SECONDS", default=30)
+MESSAGING_RELAY_POLL_SECONDS = env.float("MESSAGING_RELAY_POLL_SECONDS", default=1)
+# Also run a relay round in the committing thread after each send (the unit tests do, to see
+# the delivery task as soon as the send returns).
+MESSAGING_RELAY_ON_COMMIT = env.bool("MESSAGING_RELAY_ON_COMMIT", default=False)
 STALE_CONNECTION_SWEEP_SECONDS = env.float("STALE_CONNECTION_SWEEP_SECONDS", default=30)
 MESSAGING_EXPIRY_SWEEP_SECONDS = env.float("MESSAGING_EXPIRY_SWEEP_SECONDS", default=30)
 MESSAGING_SWEEP_BATCH = env.int("MESSAGING_SWEEP_BATCH", default=1000)
@@ -210,7 +216,13 @@ IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48)
 REALTIME_TICKET_TTL_SECONDS = 60
 # Each process remembers a token's owner (with its permissions) this long: revocation and
 # permission changes take up to this long to apply; 0 looks every token up on every request.
-AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=10)
+AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=1)
+
+# --- HTTP serving (messaging_project/http.py) ----------------------------------------------
+# Threads each web process runs requests on (at most one database connection each), and the
+# requests it holds at most before answering more with 503 and Retry-After.
+WEB_THREADS = env.int("WEB_THREADS", default=16)
+WEB_MAX_IN_FLIGHT = env.int("WEB_MAX_IN_FLIGHT", default=32)
 
 # --- Flow control (SPEC.md section 4) ------------------------------------------------------
 # Per-tier send limits are fixed by the spec (apps/messaging/flow.py); this switch exists for
@@ -220,8 +232,6 @@ MESSAGING_RATE_LIMITS_ENABLED = env.bool("MESSAGING_RATE_LIMITS_ENABLED", defaul
 MESSAGING_BACKLOG_CACHE_SECONDS = env.float("MESSAGING_BACKLOG_CACHE_SECONDS", default=1)
 # Messages per delivery task (batch and broadcast), recipients per broadcast expansion task.
 MESSAGING_DELIVERY_CHUNK = env.int("MESSAGING_DELIVERY_CHUNK", default=500)
-# Single sends committed in a process leave together as chunk tasks (apps/messaging/dispatch.py).
-MESSAGING_DISPATCH_COALESCE = env.bool("MESSAGING_DISPATCH_COALESCE", default=True)
 MESSAGING_BROADCAST_CHUNK = env.int("MESSAGING_BROADCAST_CHUNK", default=1000)
 BROADCAST_SWEEP_SECONDS = env.float("BROADCAST_SWEEP_SECONDS", default=30)
 CIRCUIT_BREAKER_FAILURE_RATIO = env.float("CIRCUIT_BREAKER_FAILURE_RATIO", default=0.5)
@@ -357,11 +367,6 @@ CELERY_BEAT_SCHEDULE = {
     "pending": {
         "task": "apps.messaging.tasks.sweep_pending",
         "schedule": PENDING_SWEEP_SECONDS,
-        "options": _SWEEP,
-    },
-    "stuck-queued": {
-        "task": "apps.messaging.tasks.sweep_queued",
-        "schedule": MESSAGING_QUEUED_SWEEP_SECONDS,
         "options": _SWEEP,
     },
     "ttl-expiry": {

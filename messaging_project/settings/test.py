@@ -21,8 +21,8 @@ CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = channel_layer_hosts(REDIS_URL)  #
 # Tests opt in to the per-tier send limits (tests/messaging/test_flow.py): sender ids restart
 # with each test database while Redis keeps the hour-long windows of earlier runs.
 MESSAGING_RATE_LIMITS_ENABLED = env.bool("MESSAGING_RATE_LIMITS_ENABLED", default=False)
-# Unit tests look at the broker right after a commit: publish in the committing thread. The
-# end-to-end tests' processes coalesce, as production does (tests/e2e/harness.py).
-MESSAGING_DISPATCH_COALESCE = env.bool("MESSAGING_DISPATCH_COALESCE", default=False)
+# Unit tests look at the broker right after a commit: a relay round runs in the committing
+# thread. The end-to-end tests' processes leave it to beat's relay, as production does.
+MESSAGING_RELAY_ON_COMMIT = env.bool("MESSAGING_RELAY_ON_COMMIT", default=True)
 # Tests deactivate users and revoke tokens and expect it at once (tests/accounts turns it on).
 AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=0)

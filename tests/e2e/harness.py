@@ -48,8 +48,7 @@ FAST_TIMINGS = {
     "MESSAGING_RETRY_MAX_SECONDS": "2",
     "MESSAGING_DUE_SWEEP_SECONDS": "0.5",
     "PENDING_SWEEP_SECONDS": "1",
-    "MESSAGING_QUEUED_SWEEP_SECONDS": "1",
-    "MESSAGING_DISPATCH_GRACE_SECONDS": "2",
+    "MESSAGING_RELAY_LEASE_SECONDS": "2",
     "STALE_CONNECTION_SWEEP_SECONDS": "2",
     "LOG_LEVEL": "INFO",
 }
@@ -187,9 +186,9 @@ class Stack:
             DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{database_name}",
             REDIS_URL=self.redis_url,
             PYTHONUNBUFFERED="1",
-            # As production: single sends leave as coalesced chunk tasks (settings.test does not),
-            # and each process has a connection pool.
-            MESSAGING_DISPATCH_COALESCE="true",
+            # As production: messages leave through beat's outbox relay (settings.test also runs
+            # a relay round after each commit), and each process has a connection pool.
+            MESSAGING_RELAY_ON_COMMIT="false",
             DATABASE_POOL="true",
         )
         self.redis: Process | None = None

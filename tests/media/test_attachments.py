@@ -3,6 +3,7 @@ the message representation and the `message` frame with fresh URLs, without N+1 
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -109,7 +110,8 @@ def test_catch_up_frames_carry_attachments(sender_client, sender, mobile_user):
     )
     messaging.message_send(sender=sender, recipient_phone_number=mobile_user.phone_number, content="y")
 
-    payloads, _ = messaging.catchup_chunk(recipient_id=mobile_user.pk, after_seq=0, limit=10)
+    frames, _ = messaging.catchup_chunk(recipient_id=mobile_user.pk, after_seq=0, limit=10)
+    payloads = [json.loads(outgoing.frame)["message"] for outgoing in frames]
 
     assert [[a["id"] for a in p["attachments"]] for p in payloads] == [[document], []]
 

@@ -20,7 +20,7 @@ from apps.messaging.models import DeliveryAttempt, Message, Outcome, Status
 from apps.realtime import presence
 from tests.factories import ConversationFactory, MobileUserFactory
 from tests.messaging.test_delivery import _connect, _delivered_ids, _receive
-from tests.sockets import socket_open
+from tests.sockets import event_payloads, socket_open
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +56,7 @@ def test_chunk_sends_each_online_recipient_one_event_in_seq_order_and_holds_offl
     assert (report.sent, report.offline, report.failed) == (2, 1, 0)
     event = _receive(channel)
     assert _delivered_ids(event) == [str(messages[0].pk), str(messages[2].pk)]
-    assert [m["seq"] for m in event["messages"]] == [1, 2]
+    assert [m["seq"] for m in event_payloads(event)] == [1, 2]
     assert _receive(channel, timeout=0.3) is None  # one event, not one per message
     assert _statuses(messages) == [Status.SENT, Status.PENDING, Status.SENT]
     outcomes = dict(DeliveryAttempt.objects.values_list("message_id", "outcome"))
@@ -93,7 +93,7 @@ def test_chunk_delivers_chat_to_online_business_users_and_holds_offline_ones_wit
     assert (report.sent, report.offline, report.failed) == (2, 1, 0)
     event = _receive(desk)
     assert _delivered_ids(event) == [str(messages[0].pk), str(messages[2].pk)]
-    assert [m["sender"]["type"] for m in event["messages"]] == ["mobile", "mobile"]
+    assert [m["sender"]["type"] for m in event_payloads(event)] == ["mobile", "mobile"]
     assert _receive(desk, timeout=0.3) is None
     assert _statuses(messages) == [Status.SENT, Status.PENDING, Status.SENT]
     assert report.offline_recipients == [("business", other_sender.pk)]

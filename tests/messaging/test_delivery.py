@@ -9,11 +9,11 @@ import pytest
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser
-from apps.messaging import services
+from apps.messaging import outgoing, services
 from apps.messaging.models import Channel, DeadLetter, DeliveryAttempt, Message, Outcome, Status
 from apps.realtime import bridge, presence
 from tests.factories import MessageFactory
-from tests.sockets import socket_open, socket_receive
+from tests.sockets import event_payloads, socket_open, socket_receive
 
 
 def _send(sender, recipient, content: str = "hi") -> Message:
@@ -139,7 +139,7 @@ def test_online_recipient_receives_frame_and_message_is_sent(sender, mobile_user
 
     event = _receive(online)
     assert event is not None
-    [payload] = event["messages"]
+    [payload] = event_payloads(event)
     assert payload["id"] == str(message.pk)
     assert payload["seq"] == 1
     assert payload["content"] == "hello there"
@@ -186,7 +186,7 @@ def test_backlog_sends_due_pending_messages_in_seq_order(sender, mobile_user, re
     assert services.recipient_deliver_backlog(recipient_id=mobile_user.pk) == 3
 
     event = _receive(channel)
-    assert [p["seq"] for p in event["messages"]] == [1, 2, 3]
+    assert [p["seq"] for p in event_payloads(event)] == [1, 2, 3]
     assert set(Message.objects.values_list("status", flat=True)) == {Status.SENT}
     # Nothing left to send: a second run writes nothing.
     assert services.recipient_deliver_backlog(recipient_id=mobile_user.pk) == 0
@@ -410,7 +410,11 @@ def test_a_failed_group_send_returns_only_its_recipients_messages_to_pending(
     monkeypatch.setattr(bridge, "group_send_many", first_group_fails)
     with pytest.raises(ConnectionError):
         services.messages_write(
-            list(Message.objects.filter(pk__in=[first.pk, second.pk]).order_by("seq", "recipient_id"))
+            outgoing.outgoing(
+                outgoing.rows(
+                    Message.objects.filter(pk__in=[first.pk, second.pk]).order_by("seq", "recipient_id")
+                )
+            )
         )
 
     statuses = dict(Message.objects.values_list("pk", "status"))

@@ -18,7 +18,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from apps.accounts.models import MobileUser
-from apps.messaging import services
+from apps.messaging import relay, services
 from apps.messaging.content import MAX_CONTENT_LENGTH, normalize_content
 from apps.messaging.errors import RecipientNotFound
 from apps.messaging.models import Message, Priority, Status
@@ -80,8 +80,8 @@ def test_send_persists_queued_message_with_first_seq(sender, mobile_user):
     assert (stored.seq, stored.status, stored.retry_count) == (1, Status.QUEUED, 0)
     assert (stored.subject, stored.content, stored.priority) == ("Hello", "hi there", Priority.HIGH)
     assert stored.sent_at is stored.delivered_at is stored.read_at is stored.failed_at is None
-    # A queued message carries a dispatch deadline, so the queued sweep finds a lost dispatch.
-    assert stored.next_attempt_at > stored.created_at
+    # A queued message is due for the outbox relay at once (it is its own outbox entry).
+    assert stored.next_attempt_at <= timezone.now()
     assert MobileUser.objects.get(pk=mobile_user.pk).last_seq == 1
 
 
@@ -281,7 +281,7 @@ def test_rolled_back_send_publishes_nothing(sender, mobile_user, redis):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_send_succeeds_with_broker_down_and_queued_sweep_dispatches_later(
+def test_send_succeeds_with_broker_down_and_the_relay_dispatches_it_later(
     sender, mobile_user, redis, broker_down
 ):
     message = _send(sender, mobile_user)
@@ -291,11 +291,11 @@ def test_send_succeeds_with_broker_down_and_queued_sweep_dispatches_later(
     assert dispatched_ids(redis) == []
 
     broker_down()  # the broker is back
-    # Nothing is dispatched before the grace period ends: the first dispatch may be in flight.
-    assert services.sweep_queued() == 0
+    # Claimed by the refused round: not again until its lease ends (a publish may be in flight).
+    assert relay.relay_round() == 0
     Message.objects.filter(pk=message.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
 
-    assert services.sweep_queued() == 1
+    assert relay.relay_round() == 1
 
     assert dispatched_ids(redis) == [str(message.pk)]
     assert Message.objects.get(pk=message.pk).status == Status.QUEUED

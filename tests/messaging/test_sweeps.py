@@ -10,7 +10,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from apps.messaging import services
+from apps.messaging import relay, services
 from apps.messaging.models import (
     Channel,
     DeadLetter,
@@ -295,7 +295,7 @@ def test_pending_sweep_dispatches_backlog_only_for_online_recipients_with_due_me
 
 
 @pytest.mark.django_db(transaction=True)
-def test_queued_sweep_dispatches_only_due_queued_messages_and_pushes_them_forward(redis, settings):
+def test_the_relay_claims_only_due_queued_messages_and_leases_them(redis, settings):
     sender, recipient = SenderFactory(), MobileUserFactory()
     due = MessageFactory(sender=sender, recipient=recipient, next_attempt_at=_past())
     due_high = MessageFactory(
@@ -309,11 +309,11 @@ def test_queued_sweep_dispatches_only_due_queued_messages_and_pushes_them_forwar
     )
     before = timezone.now()
 
-    assert services.sweep_queued() == 2
+    assert relay.relay_round() == 2
 
     assert dispatched_ids(redis) == [str(due.pk)]
     assert dispatched_ids(redis, "high") == [str(due_high.pk)]
-    grace = timedelta(seconds=settings.MESSAGING_DISPATCH_GRACE_SECONDS)
+    grace = timedelta(seconds=settings.MESSAGING_RELAY_LEASE_SECONDS)
     for message in (due, due_high):
         message.refresh_from_db()
         assert message.status == Status.QUEUED
@@ -322,19 +322,19 @@ def test_queued_sweep_dispatches_only_due_queued_messages_and_pushes_them_forwar
     assert Message.objects.get(pk=pending.pk).status == Status.PENDING
 
     # Claimed: a second round finds nothing and publishes nothing more.
-    assert services.sweep_queued() == 0
+    assert relay.relay_round() == 0
     assert dispatched_ids(redis) == [str(due.pk)]
     assert dispatched_ids(redis, "high") == [str(due_high.pk)]
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_concurrent_queued_sweeps_dispatch_each_message_once(redis):
+def test_two_concurrent_relay_rounds_dispatch_each_message_once(redis):
     sender, recipient = SenderFactory(), MobileUserFactory()
     messages = [
         MessageFactory(sender=sender, recipient=recipient, next_attempt_at=_past()) for _ in range(30)
     ]
 
-    results = run_together(services.sweep_queued, services.sweep_queued)
+    results = run_together(relay.relay_round, relay.relay_round)
 
     assert sum(results) == 30
     assert sorted(dispatched_ids(redis)) == sorted(str(m.pk) for m in messages)

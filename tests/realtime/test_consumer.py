@@ -17,6 +17,7 @@ from django.utils import timezone
 from apps.accounts.models import PartyKind
 from apps.messaging import services
 from apps.messaging.models import Channel, DeliveryAttempt, Message, Outcome, Status
+from apps.messaging.outgoing import encode_frame
 from apps.ops.logging import correlation_context
 from apps.realtime import presence
 from apps.realtime.bridge import party_group
@@ -373,7 +374,8 @@ async def test_delivery_event_without_correlation_id_is_written(sender, mobile_u
     async with mobile_socket(mobile_token) as ws:
         await round_trip(ws)
         await get_channel_layer().group_send(
-            party_group(PartyKind.MOBILE, mobile_user.pk), {"type": "deliver.messages", "messages": [payload]}
+            party_group(PartyKind.MOBILE, mobile_user.pk),
+            {"type": "deliver.messages", "messages": [{"id": payload["id"], "frame": encode_frame(payload)}]},
         )
         assert await receive(ws) == {"type": "message", "message": payload}
 

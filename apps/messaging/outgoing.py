@@ -1,0 +1,162 @@
+"""What leaves for the sockets: message rows read as plain values, each frame encoded once.
+
+Delivery (chunks, catch-up, retries) reads the columns a `message` frame needs with one query
+(`values_list`, no model instances) and the chunk's attachments with one more, then encodes
+each frame to JSON text here, once: the channel layer carries the text and every socket of the
+recipient writes it as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from django.db.models import QuerySet
+
+from apps.accounts.models import PartyKind
+from apps.media.models import Media
+from apps.media.serializers import attachment_payload
+from apps.realtime.bridge import party_group
+
+from .models import Message
+
+# Columns of a frame, and what delivery decides on (status, due time, expiry, active recipient).
+COLUMNS = (
+    "pk",
+    "seq",
+    "kind",
+    "conversation_id",
+    "sender_id",
+    "sender__display_name",
+    "sender__first_name",
+    "sender__last_name",
+    "sender__username",
+    "sender_mobile_id",
+    "sender_mobile__name",
+    "sender_mobile__phone_number",
+    "recipient_id",
+    "recipient__is_active",
+    "recipient_business_id",
+    "recipient_business__is_active",
+    "subject",
+    "content",
+    "content_type",
+    "priority",
+    "created_at",
+    "status",
+    "next_attempt_at",
+    "expires_at",
+)
+
+
+class Row(NamedTuple):
+    """A message as delivery reads it (COLUMNS, in order)."""
+
+    pk: uuid.UUID
+    seq: int
+    kind: str
+    conversation_id: uuid.UUID | None
+    sender_id: int | None
+    sender_display_name: str | None
+    sender_first_name: str | None
+    sender_last_name: str | None
+    sender_username: str | None
+    sender_mobile_id: int | None
+    sender_mobile_name: str | None
+    sender_mobile_phone: str | None
+    recipient_id: int | None
+    recipient_active: bool | None
+    recipient_business_id: int | None
+    recipient_business_active: bool | None
+    subject: str
+    content: str
+    content_type: str
+    priority: str
+    created_at: datetime
+    status: str
+    next_attempt_at: datetime | None
+    expires_at: datetime | None
+
+    @property
+    def party(self) -> tuple[str, int]:
+        """Return the recipient as (kind, id): whose stream `seq` counts in."""
+        if self.recipient_id is not None:
+            return PartyKind.MOBILE, self.recipient_id
+        return PartyKind.BUSINESS, self.recipient_business_id
+
+    @property
+    def recipient_is_active(self) -> bool:
+        return bool(
+            self.recipient_active if self.recipient_id is not None else self.recipient_business_active
+        )
+
+
+class Outgoing(NamedTuple):
+    """A message ready for its recipient's sockets: the group and the encoded `message` frame."""
+
+    pk: uuid.UUID
+    group: str
+    frame: str
+
+
+def rows(messages: QuerySet[Message]) -> list[Row]:
+    """Return the messages of `messages` (with its ordering) as delivery rows."""
+    plain = messages.select_related(None).prefetch_related(None)
+    return [Row(*values) for values in plain.values_list(*COLUMNS)]
+
+
+def _author(row: Row) -> dict[str, Any]:
+    if row.sender_id is not None:
+        full = f"{row.sender_first_name or ''} {row.sender_last_name or ''}".strip()
+        name = row.sender_display_name or full or row.sender_username
+        return {"type": PartyKind.BUSINESS, "id": row.sender_id, "name": name}
+    return {
+        "type": PartyKind.MOBILE,
+        "id": row.sender_mobile_id,
+        "name": row.sender_mobile_name or row.sender_mobile_phone,
+    }
+
+
+def _attachments_of(message_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[dict]]:
+    found: dict[uuid.UUID, list[dict]] = defaultdict(list)
+    for media in Media.objects.filter(message_id__in=message_ids).order_by(
+        "message_id", "position", "created_at"
+    ):
+        found[media.message_id].append(attachment_payload(media))
+    return found
+
+
+def payload(row: Row, attachments: list[dict]) -> dict[str, Any]:
+    """Return the M object of a `message` frame (SPEC.md section 3) for a delivery row."""
+    return {
+        "id": str(row.pk),
+        "seq": row.seq,
+        "kind": row.kind,
+        "conversation_id": str(row.conversation_id) if row.conversation_id else None,
+        "sender": _author(row),
+        "subject": row.subject,
+        "content": row.content,
+        "content_type": row.content_type,
+        "priority": row.priority,
+        "created_at": row.created_at.isoformat().replace("+00:00", "Z"),
+        "attachments": attachments,
+    }
+
+
+def encode_frame(message_payload: dict[str, Any]) -> str:
+    """Return the JSON text of the `message` frame carrying `message_payload`."""
+    return json.dumps({"type": "message", "message": message_payload}, separators=(",", ":"))
+
+
+def outgoing(delivery_rows: list[Row]) -> list[Outgoing]:
+    """Encode the frames of `delivery_rows` (one query for all their attachments)."""
+    if not delivery_rows:
+        return []
+    attachments = _attachments_of([r.pk for r in delivery_rows])
+    return [
+        Outgoing(r.pk, party_group(*r.party), encode_frame(payload(r, attachments.get(r.pk, []))))
+        for r in delivery_rows
+    ]

@@ -1,0 +1,167 @@
+"""The outbox relay: committed `queued` messages leave for delivery from the database, not memory.
+
+A stored message is its own outbox entry: `queued`, due (`next_attempt_at`) at once. The relay
+claims due queued rows in bulk (`UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) …
+RETURNING`), pushing each one's due time a lease ahead, and publishes their delivery as chunk
+tasks on the lanes of their priority. A delivery moves the message out of `queued`; one whose
+task was lost (a broker down, a worker killed) is simply due again when its lease ends and is
+claimed anew. Several relays (two beats) never claim the same row at once: SKIP LOCKED.
+
+It waits for work on PostgreSQL's LISTEN/NOTIFY: a statement trigger on the messages table
+notifies `messaging_outbox` whenever rows are inserted (migration 0004), and requeues notify
+explicitly; the notification is delivered at commit, so the relay wakes once the rows are
+visible. It also looks every MESSAGING_RELAY_POLL_SECONDS (the leases that ran out, SQLite's
+embedded database, which has no LISTEN).
+
+The relay runs as a thread of Celery beat (messaging_project/celery.py), one of the three
+Procfile processes. MESSAGING_RELAY_ON_COMMIT (the unit tests) also runs a round right after
+each commit that stores messages, so a test sees the delivery task as soon as its send returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+
+from .dispatch import messages_dispatch
+from .models import Message, Status
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "messaging_outbox"
+WAKE_SLICE = 0.5
+
+
+def relay_notify() -> None:
+    """Wake the relays once the current transaction commits (for rows made `queued` by update)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])
+    if settings.MESSAGING_RELAY_ON_COMMIT:
+        transaction.on_commit(relay_round)
+
+
+def relay_claim(*, now: datetime, limit: int) -> list[tuple[uuid.UUID, str]]:
+    """Claim up to `limit` due `queued` messages; return their (id, priority), recipients' seq order.
+
+    Must run in a transaction: the claimed rows stay locked (and skipped by other relays) until
+    it commits, and their due time moves a lease ahead, so no other round claims them meanwhile.
+    """
+    lease_end = now + timedelta(seconds=settings.MESSAGING_RELAY_LEASE_SECONDS)
+    table = Message._meta.db_table
+    if connection.vendor == "postgresql":
+        sql = (
+            f'UPDATE "{table}" AS m SET next_attempt_at = %s WHERE m.id IN ('
+            f'  SELECT id FROM "{table}" WHERE status = %s AND next_attempt_at <= %s'
+            "  ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED"
+            ") RETURNING m.id, m.priority, m.recipient_id, m.recipient_business_id, m.seq"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [lease_end, Status.QUEUED, now, limit])
+            rows = cursor.fetchall()
+    else:
+        # SQLite takes the database's write lock for the whole transaction (IMMEDIATE): no
+        # other relay can claim in between.
+        due = Message.objects.filter(status=Status.QUEUED, next_attempt_at__lte=now).order_by(
+            "next_attempt_at"
+        )
+        rows = list(due.values_list("pk", "priority", "recipient_id", "recipient_business_id", "seq")[:limit])
+        Message.objects.filter(pk__in=[r[0] for r in rows], status=Status.QUEUED).update(
+            next_attempt_at=lease_end
+        )
+    # A recipient's messages together, in seq order: they leave in one frame event.
+    rows.sort(key=lambda r: (r[3] or 0, r[2] or 0, r[4]))
+    return [(r[0], r[1]) for r in rows]
+
+
+def relay_round(*, limit: int | None = None) -> int:
+    """Claim and publish due queued messages until none are left; return how many were published."""
+    limit = limit or settings.MESSAGING_RELAY_BATCH
+    published = 0
+    while True:
+        with transaction.atomic():
+            rows = relay_claim(now=timezone.now(), limit=limit)
+        if rows:
+            # After commit: a task must find its messages claimed and visible. A publish the
+            # broker refuses leaves them to the next claim when their lease ends.
+            published += messages_dispatch(rows)
+        if len(rows) < limit:
+            return published
+
+
+class Relay:
+    """The relay loop: wait for a notification (or the poll interval), then run rounds."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> Relay:
+        self.thread = threading.Thread(target=self._run, name="outbox-relay", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the loop and wait for it (at most a wake-up slice)."""
+        self._stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        poll = settings.MESSAGING_RELAY_POLL_SECONDS
+        try:
+            while not self._stop.is_set():
+                try:
+                    if connection.vendor == "postgresql":
+                        self._listen(poll)
+                    else:
+                        self._round()
+                        self._stop.wait(min(poll, 0.05))
+                except Exception:  # a database outage: log, wait, start over with new connections
+                    logger.exception("relay.failed")
+                    close_old_connections()
+                    self._stop.wait(min(poll, 1))
+        finally:
+            connection.close()
+
+    def _round(self) -> None:
+        count = relay_round()
+        if count:
+            logger.info("relay.published", extra={"count": count})
+        close_old_connections()
+
+    def _listen(self, poll: float) -> None:
+        import psycopg
+
+        params = connection.get_connection_params()
+        for private in ("cursor_factory", "context", "prepare_threshold"):
+            params.pop(private, None)
+        with psycopg.connect(**params, autocommit=True) as listener:
+            listener.execute(f"LISTEN {CHANNEL}")
+            self._round()  # whatever was committed before we listened
+            next_poll = time.monotonic() + poll
+            while not self._stop.is_set():
+                # Wake on a notification, or when the poll interval is over; look at the stop
+                # flag at least every WAKE_SLICE seconds.
+                notified = any(True for _ in listener.notifies(timeout=WAKE_SLICE, stop_after=1))
+                if notified or time.monotonic() >= next_poll:
+                    self._drain(listener)  # one round serves every commit notified so far
+                    self._round()
+                    next_poll = time.monotonic() + poll
+
+    @staticmethod
+    def _drain(listener) -> None:
+        for _ in listener.notifies(timeout=0):
+            pass
+
+
+def relay_start() -> Relay:
+    """Start this process's relay thread (Celery beat calls it at start)."""
+    return Relay().start()

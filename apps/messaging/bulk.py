@@ -29,7 +29,7 @@ from apps.realtime import presence
 from . import lifecycle, outgoing, services
 from .errors import MessagingError
 from .models import Broadcast, BroadcastStatus, IdempotencyKey, Kind, Message, Outcome, Priority, Status
-from .relay import relay_round
+from .relay import relay_notify
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +124,7 @@ def messages_send_batch(*, sender: User, items: list[dict]) -> list[Message]:
             next_seq[recipient_id] += 1
         copy_insert(messages)
         _attach_all(sender, items, messages)
-        if settings.MESSAGING_RELAY_ON_COMMIT:
-            transaction.on_commit(relay_round)
+        relay_notify()
     logger.info("message.batch_accepted", extra={"count": len(messages)})
     return messages
 
@@ -383,8 +382,8 @@ def broadcast_expand_chunk(*, broadcast_id: str | uuid.UUID, after: int) -> int 
         if not more:
             changes.update(status=BroadcastStatus.EXPANDED, expanded_at=now)
         Broadcast.objects.filter(pk=broadcast.pk, expanded_through=after).update(**changes)
-        if messages and settings.MESSAGING_RELAY_ON_COMMIT:
-            transaction.on_commit(relay_round)
+        if messages:
+            relay_notify()
         if more:
             transaction.on_commit(lambda: _enqueue_expand(broadcast.pk, cursor))
     logger.info("broadcast.expanded_chunk", extra={"broadcast_id": str(broadcast_id), "count": len(messages)})

@@ -46,7 +46,7 @@ from .models import (
     Status,
 )
 from .outgoing import Outgoing
-from .relay import relay_notify, relay_round
+from .relay import relay_notify
 from .selectors import (
     has_earlier_undelivered,
     parse_uuid,
@@ -177,8 +177,7 @@ def _message_store(
         if not found:
             return False
         media_attach(message=message, uploader=uploader, media_ids=media_ids)
-        if settings.MESSAGING_RELAY_ON_COMMIT:
-            transaction.on_commit(relay_round)
+        relay_notify()
     if not media_ids:
         # Nothing attached: the caller's representation needs no query to learn that.
         prefetch_related_objects([message], Prefetch("attachments", queryset=Media.objects.none()))

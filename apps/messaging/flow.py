@@ -138,7 +138,7 @@ def _due_messages(*, cap: int) -> int:
 
 
 @lru_cache(maxsize=4)
-def _broker_client(url: str) -> redis.Redis:
+def broker_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
 
 
@@ -147,7 +147,7 @@ def _broker_queue_length() -> int:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         return 0
     try:
-        pipe = _broker_client(url).pipeline(transaction=False)
+        pipe = broker_client(url).pipeline(transaction=False)
         for queue in BROKER_QUEUES:
             pipe.llen(queue)
         return sum(pipe.execute())

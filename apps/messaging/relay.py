@@ -35,13 +35,15 @@ from redis.exceptions import RedisError
 
 from apps.common.redis import redis_client
 
-from .dispatch import messages_dispatch
-from .models import Message, Status
+from .dispatch import QUEUE_FOR_PRIORITY, messages_dispatch
+from .flow import broker_client
+from .models import Message, Priority, Status
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "messaging:outbox"
 WAKE_SLICE = 0.5
+LANE_RECHECK_SECONDS = 0.005
 
 
 def relay_notify() -> None:
@@ -58,7 +60,9 @@ def _wake() -> None:
         logger.warning("relay.wake_failed", extra={"error": repr(exc)})
 
 
-def relay_claim(*, now: datetime, limit: int) -> list[tuple[uuid.UUID, str]]:
+def relay_claim(
+    *, now: datetime, limit: int, priorities: tuple[str, ...] = tuple(Priority.values)
+) -> list[tuple[uuid.UUID, str]]:
     """Claim up to `limit` due `queued` messages; return their (id, priority), recipients' seq order.
 
     Must run in a transaction: the claimed rows stay locked (and skipped by other relays) until
@@ -69,19 +73,19 @@ def relay_claim(*, now: datetime, limit: int) -> list[tuple[uuid.UUID, str]]:
     if connection.vendor == "postgresql":
         sql = (
             f'UPDATE "{table}" AS m SET next_attempt_at = %s WHERE m.id IN ('
-            f'  SELECT id FROM "{table}" WHERE status = %s AND next_attempt_at <= %s'
+            f'  SELECT id FROM "{table}" WHERE status = %s AND next_attempt_at <= %s AND priority = ANY(%s)'
             "  ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED"
             ") RETURNING m.id, m.priority, m.recipient_id, m.recipient_business_id, m.seq"
         )
         with connection.cursor() as cursor:
-            cursor.execute(sql, [lease_end, Status.QUEUED, now, limit])
+            cursor.execute(sql, [lease_end, Status.QUEUED, now, list(priorities), limit])
             rows = cursor.fetchall()
     else:
         # SQLite takes the database's write lock for the whole transaction (IMMEDIATE): no
         # other relay can claim in between.
-        due = Message.objects.filter(status=Status.QUEUED, next_attempt_at__lte=now).order_by(
-            "next_attempt_at"
-        )
+        due = Message.objects.filter(
+            status=Status.QUEUED, next_attempt_at__lte=now, priority__in=priorities
+        ).order_by("next_attempt_at")
         rows = list(due.values_list("pk", "priority", "recipient_id", "recipient_business_id", "seq")[:limit])
         Message.objects.filter(pk__in=[r[0] for r in rows], status=Status.QUEUED).update(
             next_attempt_at=lease_end
@@ -91,13 +95,13 @@ def relay_claim(*, now: datetime, limit: int) -> list[tuple[uuid.UUID, str]]:
     return [(r[0], r[1]) for r in rows]
 
 
-def relay_round(*, limit: int | None = None) -> int:
+def relay_round(*, limit: int | None = None, priorities: tuple[str, ...] = tuple(Priority.values)) -> int:
     """Claim and publish due queued messages until none are left; return how many were published."""
     limit = limit or settings.MESSAGING_RELAY_BATCH
     published = 0
     while True:
         with transaction.atomic():
-            rows = relay_claim(now=timezone.now(), limit=limit)
+            rows = relay_claim(now=timezone.now(), limit=limit, priorities=priorities)
         if rows:
             # After commit: a task must find its messages claimed and visible. A publish the
             # broker refuses leaves them to the next claim when their lease ends.
@@ -137,11 +141,20 @@ class Relay:
         finally:
             connection.close()
 
-    def _round(self) -> None:
-        count = relay_round()
+    def _round(self) -> bool:
+        """Run a round for the lanes whose broker queue is empty; return whether one was skipped.
+
+        A lane whose last chunks still wait in the broker is left alone: its messages gather in
+        the database meanwhile and leave together once the workers have taken the queue. So a
+        chunk grows with the load (one message when idle, hundreds when the workers are busy)
+        instead of the queue filling with chunks of one.
+        """
+        open_lanes = lanes_with_room()
+        count = relay_round(priorities=open_lanes) if open_lanes else 0
         if count:
             logger.info("relay.published", extra={"count": count})
         close_old_connections()
+        return len(open_lanes) < len(Priority.values)
 
     def _listen(self, poll: float) -> None:
         # SQLite (local runs) shares one file between processes: look often instead of waiting long.
@@ -160,10 +173,26 @@ class Relay:
                 if woken or time.monotonic() >= next_poll:
                     while subscription.get_message(timeout=0) is not None:
                         pass  # one round serves every commit announced so far
-                    self._round()
-                    next_poll = time.monotonic() + poll
+                    waiting = self._round()
+                    # A lane held back is looked at again soon, whether or not more arrives.
+                    next_poll = time.monotonic() + (LANE_RECHECK_SECONDS if waiting else poll)
         finally:
             subscription.close()
+
+
+def lanes_with_room() -> tuple[str, ...]:
+    """Return the priorities whose Celery queue holds no delivery task waiting for a worker."""
+    url = settings.CELERY_BROKER_URL
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return tuple(Priority.values)
+    try:
+        pipe = broker_client(url).pipeline(transaction=False)
+        for priority in Priority.values:
+            pipe.llen(QUEUE_FOR_PRIORITY[priority])
+        lengths = pipe.execute()
+    except RedisError:
+        return tuple(Priority.values)  # publishing will tell; the lease covers a lost task
+    return tuple(p for p, n in zip(Priority.values, lengths, strict=True) if n == 0)
 
 
 def relay_start() -> Relay:

@@ -157,3 +157,26 @@ def test_a_requeued_dead_letter_wakes_the_relay(sender, mobile_user, redis, sett
         assert _wait_dispatched(redis, 1, timeout=3) == [str(message.pk)]
     finally:
         running.stop()
+
+
+def test_a_lane_whose_broker_queue_is_not_empty_gathers_its_messages_until_the_workers_take_it(
+    sender, redis, settings
+):
+    settings.MESSAGING_RELAY_POLL_SECONDS = 30
+    redis.rpush("default", b"a task no worker took yet")
+    users = MobileUserFactory.create_batch(6)
+    running = relay.Relay().start()
+    try:
+        time.sleep(0.3)
+        messages = [_send(sender, u) for u in users]
+        high = _send(sender, users[0], priority=Priority.HIGH)
+        assert _wait_dispatched(redis, 1, "high", timeout=3) == [str(high.pk)]  # its lane is free
+        time.sleep(0.2)
+        assert redis.llen("default") == 1  # held: the default lane's queue is not empty
+        assert relay.lanes_with_room() == (Priority.LOW,)  # high holds its own chunk now
+
+        redis.lpop("default")  # a worker takes the waiting task
+        assert sorted(_wait_dispatched(redis, 6, timeout=3)) == sorted(str(m.pk) for m in messages)
+        assert len(queued_tasks(redis)) == 1  # all six gathered into one chunk
+    finally:
+        running.stop()

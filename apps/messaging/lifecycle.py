@@ -14,9 +14,11 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import transaction
+from django.core.exceptions import EmptyResultSet
+from django.db import connection, transaction
 from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
+from django.db.models.sql.subqueries import UpdateQuery
 from django.utils import timezone
 
 from apps.accounts.models import PartyKind
@@ -123,31 +125,17 @@ def transition(
         raise InvalidTransition("the target status is given by `to`")
     sources = ALLOWED_SOURCES[to]
     now = now or timezone.now()
+    values = {"status": to, **_stamps(to, now, reason), **changes}
     # No savepoint: nothing here catches a database error, so the caller's transaction (if any)
     # fails as a whole, and a receipt costs two round trips less.
     with transaction.atomic(savepoint=False):
-        rows = [
-            _Row(*values)
-            for values in messages.filter(status__in=sources)
-            .select_for_update()
-            .order_by("pk")
-            .values_list(
-                "pk",
-                "status",
-                "kind",
-                "conversation_id",
-                "sender_id",
-                "sender_mobile_id",
-                "recipient_id",
-                "correlation_id",
-            )
-        ]
+        if connection.vendor == "postgresql":
+            rows = _move_in_one_statement(messages, sources, values)
+            updated = len(rows)
+        else:
+            rows, updated = _move_locked_then_update(messages, sources, values)
         if not rows:
             return []
-        ids = [row.id for row in rows]
-        updated = Message.objects.filter(pk__in=ids, status__in=sources).update(
-            status=to, **_stamps(to, now, reason), **changes
-        )
         chat = [row for row in rows if row.kind == Kind.CHAT]
         if chat:
             _chat_consequences(chat, to=to, now=now)
@@ -168,6 +156,72 @@ def transition(
                 },
             )
     return [Moved(row.id, row.previous) for row in rows]
+
+
+_RETURNED = (
+    "id",
+    "kind",
+    "conversation_id",
+    "sender_id",
+    "sender_mobile_id",
+    "recipient_id",
+    "correlation_id",
+)
+
+
+def _move_in_one_statement(messages: QuerySet[Message], sources: frozenset[str], values: dict) -> list[_Row]:
+    """Lock (in id order), compare and update the rows of `messages` in one statement (PostgreSQL).
+
+    The CTE locks the candidates in primary-key order, so concurrent bulk transitions cannot
+    deadlock; its status condition is re-checked on each row's latest version once locked, so
+    this is a compare-and-set; the update returns each row's previous status from the CTE.
+    """
+    table = Message._meta.db_table
+    try:
+        inner_sql, inner_params = messages.order_by().values("pk").query.sql_with_params()
+    except EmptyResultSet:  # e.g. `pk__in=[]`: nothing to move, nothing to ask
+        return []
+    update = UpdateQuery(Message)
+    update.add_update_values(values)
+    update_sql, update_params = update.get_compiler(connection=connection).as_sql()
+    returned = ", ".join(f'"{table}"."{column}"' for column in _RETURNED)
+    sql = (
+        f'WITH claim AS (SELECT id, status FROM "{table}" WHERE id IN ({inner_sql})'
+        " AND status = ANY(%s) ORDER BY id FOR UPDATE) "
+        f'{update_sql} FROM claim WHERE "{table}"."id" = claim.id'
+        f" RETURNING {returned}, claim.status"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*inner_params, list(sources), *update_params])
+        found = cursor.fetchall()
+    found.sort(key=lambda r: r[0])
+    return [_Row(r[0], r[7], r[1], r[2], r[3], r[4], r[5], r[6]) for r in found]
+
+
+def _move_locked_then_update(
+    messages: QuerySet[Message], sources: frozenset[str], values: dict
+) -> tuple[list[_Row], int]:
+    """Lock and read the rows, then update them (other databases: SQLite locks the whole file)."""
+    rows = [
+        _Row(*row)
+        for row in messages.filter(status__in=sources)
+        .select_for_update()
+        .order_by("pk")
+        .values_list(
+            "pk",
+            "status",
+            "kind",
+            "conversation_id",
+            "sender_id",
+            "sender_mobile_id",
+            "recipient_id",
+            "correlation_id",
+        )
+    ]
+    if not rows:
+        return [], 0
+    updated = Message.objects.filter(pk__in=[row.id for row in rows], status__in=sources).update(**values)
+    return rows, updated
 
 
 def _chat_consequences(rows: list[_Row], *, to: str, now: datetime) -> None:

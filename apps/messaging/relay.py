@@ -49,8 +49,6 @@ LANE_RECHECK_SECONDS = 0.005
 def relay_notify() -> None:
     """Wake the relays once the current transaction commits (it made messages `queued`)."""
     transaction.on_commit(_wake)
-    if settings.MESSAGING_RELAY_ON_COMMIT:
-        transaction.on_commit(relay_round)
 
 
 def _wake() -> None:
@@ -58,6 +56,8 @@ def _wake() -> None:
         redis_client().publish(CHANNEL, b"")
     except RedisError as exc:  # the relay's poll finds the rows all the same
         logger.warning("relay.wake_failed", extra={"error": repr(exc)})
+    if settings.MESSAGING_RELAY_ON_COMMIT:
+        relay_round()
 
 
 def relay_claim(

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Prefetch, QuerySet, prefetch_related_objects
+from django.db.models import F, Prefetch, Q, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser, PartyKind, User
@@ -49,6 +49,7 @@ from .outgoing import Outgoing
 from .relay import relay_notify
 from .selectors import (
     has_earlier_undelivered,
+    inbox,
     parse_uuid,
     pending_recipients_due,
     undelivered_for_recipient,
@@ -517,25 +518,27 @@ def receipts_apply(receipts: list[Receipt]) -> list[uuid.UUID]:
                 claimed[receipt.target][pk] = (receipt.kind, receipt.recipient_id)
     if not claimed:
         return []
-    all_ids = {pk for by_id in claimed.values() for pk in by_id}
-    owner_of = {
-        pk: (PartyKind.MOBILE, mobile) if mobile is not None else (PartyKind.BUSINESS, business)
-        for pk, mobile, business in Message.objects.filter(pk__in=all_ids).values_list(
-            "pk", "recipient_id", "recipient_business_id"
-        )
-    }
     moved_ids: list[uuid.UUID] = []
     with transaction.atomic():
         for target in (Status.DELIVERED, Status.READ):
-            own = [pk for pk, claimer in claimed.get(target, {}).items() if owner_of.get(pk) == claimer]
-            if not own:
+            by_claimer: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
+            for pk, claimer in claimed.get(target, {}).items():
+                by_claimer[claimer].append(pk)
+            if not by_claimer:
                 continue
-            moved = lifecycle.transition(Message.objects.filter(pk__in=own), to=target)
+            # Ownership is part of the compare-and-set: another recipient's ids match nothing.
+            own = Q()
+            for (kind, recipient_id), ids in by_claimer.items():
+                own |= inbox(recipient_id, kind) & Q(pk__in=ids)
+            moved = lifecycle.transition(Message.objects.filter(own), to=target)
             moved_ids += [m.id for m in moved]
         if moved_ids:
             _close_open_attempts(moved_ids, Outcome.ACKED)
         if moved_ids and _strict():
-            for kind, recipient_id in {owner_of[pk] for pk in moved_ids}:
+            owners = {
+                claimer for by_id in claimed.values() for pk, claimer in by_id.items() if pk in set(moved_ids)
+            }
+            for kind, recipient_id in owners:
                 transaction.on_commit(lambda k=kind, r=recipient_id: _enqueue_backlog(r, k))
     return moved_ids
 

@@ -443,7 +443,7 @@ def test_staff_with_manage_dead_letters_reviews_and_requeues(django_capture_on_c
     assert rows(listing) == [dead_letter]
     assert Message.objects.get(pk=dead_letter.message_id).status == Status.QUEUED
     assert not DeadLetter.objects.exists()
-    assert len(callbacks) == 1  # the dispatch, after commit
+    assert len(callbacks) == 1  # the relay wake-up, after commit
 
 
 # --- Invariant ------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from apps.messaging import services
+from apps.messaging import bulk, relay, services
 from apps.messaging.models import DeadLetter, Message, Status
 from tests.factories import MessageFactory
 
@@ -28,7 +28,9 @@ MESSAGES = 3
 MAX_RETRIES = 2
 
 PER_MESSAGE_OPS = ["send", "deliver", "ack", "read", "fail", "expire", "requeue"]
-GLOBAL_OPS = ["ack_timeout_sweep", "release_unacked"]
+# Set-based steps over every message at once: the relay's claim, a chunk delivered while the
+# recipient is offline, one receipt frame acking or reading them all (plus a stranger's id).
+GLOBAL_OPS = ["ack_timeout_sweep", "release_unacked", "relay", "chunk", "ack_all", "read_all"]
 operations = st.lists(
     st.one_of(
         st.tuples(st.sampled_from(PER_MESSAGE_OPS), st.integers(min_value=0, max_value=MESSAGES - 1)),
@@ -60,6 +62,18 @@ def _apply_to_model(models: list[Model], op: str, index: int | None) -> None:
             if m.status == S:
                 m.status = P
         return
+    if op == "relay":
+        return  # a claim leases queued messages for delivery; their status is the delivery's
+    if op == "chunk":
+        for m in models:
+            if m.status == Q:  # the recipient is offline
+                m.status = P
+        return
+    if op in ("ack_all", "read_all"):
+        for m in models:
+            if m.status in UNDELIVERED or (op == "read_all" and m.status == D):
+                m.status = D if op == "ack_all" else R
+        return
     m = models[index]
     if op == "send" and m.status in UNDELIVERED:
         m.status = S
@@ -80,13 +94,26 @@ def _apply_to_model(models: list[Model], op: str, index: int | None) -> None:
         m.status, m.retry_count, m.expired = Q, 0, False
 
 
-def _apply(messages: list[Message], recipient_id: int, op: str, index: int | None) -> None:
+def _apply(
+    messages: list[Message], recipient_id: int, op: str, index: int | None, stranger_message_id=None
+) -> None:
     """Run one operation through the real services."""
     if op == "ack_timeout_sweep":
         services.sweep_ack_timeouts()
         return
     if op == "release_unacked":
         services.messages_release_unacked(recipient_ids=[recipient_id], reason="connection closed")
+        return
+    if op == "relay":
+        relay.relay_round()
+        return
+    if op == "chunk":
+        bulk.messages_deliver_chunk(message_ids=[str(m.pk) for m in messages])
+        return
+    if op in ("ack_all", "read_all"):
+        ids = [str(m.pk) for m in messages] + [str(stranger_message_id)]
+        apply = services.messages_acknowledge if op == "ack_all" else services.messages_mark_read
+        apply(recipient_id=recipient_id, message_ids=ids)
         return
     pk = messages[index].pk
     if op == "send":
@@ -120,22 +147,25 @@ def _moved_forward(old: str, new: str, op: str) -> bool:
     max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(ops=operations)
-def test_interleavings_follow_the_transition_table(ops, sender, mobile_user, redis, settings):
+def test_interleavings_follow_the_transition_table(ops, sender, mobile_user, stranger, redis, settings):
     # An ack timeout of 0 makes every `sent` message due for the sweep at once; two retries
     # make exhaustion reachable in short sequences.
     settings.MESSAGING_ACK_TIMEOUT_SECONDS = 0
     settings.MESSAGING_MAX_RETRIES = MAX_RETRIES
     with transaction.atomic():
         messages = [MessageFactory(sender=sender, recipient=mobile_user) for _ in range(MESSAGES)]
+        # Another recipient's message: receipts naming it must leave it alone.
+        foreign = MessageFactory(sender=sender, recipient=stranger)
         models = [Model() for _ in messages]
         first_seen: dict[tuple[int, str], object] = {}
         previous = [Q] * MESSAGES
 
         for op, index in ops:
-            _apply(messages, mobile_user.pk, op, index)
+            _apply(messages, mobile_user.pk, op, index, foreign.pk)
             _apply_to_model(models, op, index)
 
             rows = {row["id"]: row for row in Message.objects.values()}
+            assert rows[foreign.pk]["status"] == Q
             dead = set(DeadLetter.objects.values_list("message_id", flat=True))
             assert DeadLetter.objects.count() == len(dead)
             for i, (message, model) in enumerate(zip(messages, models, strict=True)):

@@ -50,3 +50,37 @@ def copy_insert(objs: Sequence[Model]) -> None:
 def _plain(value: object) -> object:
     # psycopg writes a Python Enum as its name; Django's choices are stored by value.
     return value.value if isinstance(value, enum.Enum) else value
+
+
+def copy_rows(model: type[Model], attnames: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Insert plain rows (values for `attnames`, in order) of `model` in one COPY.
+
+    For hot paths that would otherwise build a model instance per row only to take it apart
+    again (a 1,000-message batch spent 50 ms in Model.__init__). Values go as they are: give
+    the database's types (no JSON fields here). Other databases get one executemany INSERT.
+    """
+    if not rows:
+        return
+    connection = connections[router.db_for_write(model)]
+    by_attname = {f.attname: f for f in model._meta.concrete_fields}
+    fields = [by_attname[name] for name in attnames]
+    names = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    table = connection.ops.quote_name(model._meta.db_table)
+    if connection.vendor != "postgresql":
+        placeholders = ", ".join(["%s"] * len(fields))
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {table} ({names}) VALUES ({placeholders})",
+                [
+                    [f.get_db_prep_save(v, connection) for f, v in zip(fields, row, strict=True)]
+                    for row in rows
+                ],
+            )
+        return
+    with (
+        connection.cursor() as cursor,
+        connection.wrap_database_errors,
+        cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)

@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -20,7 +21,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser, PartyKind, User
-from apps.common.pgcopy import copy_insert
+from apps.common.pgcopy import copy_insert, copy_rows
 from apps.devices.services import push_schedule
 from apps.media.services import media_attach
 from apps.ops.logging import get_correlation_id
@@ -75,7 +76,39 @@ def _take_seqs(counts: dict[int, int]) -> dict[int, int]:
 # --- Batch ----------------------------------------------------------------------------------
 
 
-def messages_send_batch(*, sender: User, items: list[dict]) -> list[Message]:
+class StoredMessage(NamedTuple):
+    """A message a batch stored (what its callers read of it)."""
+
+    pk: uuid.UUID
+    recipient_id: int
+    seq: int
+    content: str
+    priority: str
+
+
+# The columns a batch writes; the others keep their database defaults (nulls, blanks).
+BATCH_COLUMNS = (
+    "id",
+    "kind",
+    "sender_id",
+    "recipient_id",
+    "seq",
+    "subject",
+    "content",
+    "content_type",
+    "priority",
+    "status",
+    "retry_count",
+    "next_attempt_at",
+    "created_at",
+    "failure_reason",
+    "ttl_seconds",
+    "expires_at",
+    "correlation_id",
+)
+
+
+def messages_send_batch(*, sender: User, items: list[dict]) -> list[StoredMessage]:
     """Store every item of a batch with gapless seqs in one transaction, or none of them.
 
     `items` are validated one-way sends (OneWayMessageInputSerializer). BatchInvalid, with the
@@ -100,29 +133,42 @@ def messages_send_batch(*, sender: User, items: list[dict]) -> list[Message]:
             raise BatchInvalid(unknown)
         counts = Counter(recipient_of[item["recipient_phone_number"]] for item in items)
         next_seq = _take_seqs(counts)
-        messages = []
+        messages: list[StoredMessage] = []
+        rows = []
         for item in items:
             recipient_id = recipient_of[item["recipient_phone_number"]]
             ttl = item.get("ttl_seconds")
-            messages.append(
-                Message(
-                    kind=Kind.ONE_WAY,
-                    sender=sender,
-                    recipient_id=recipient_id,
-                    seq=next_seq[recipient_id],
-                    subject=item.get("subject", ""),
-                    content=item["content"],
-                    content_type=item.get("content_type", "text"),
-                    priority=item.get("priority", Priority.NORMAL),
-                    status=Status.QUEUED,
-                    next_attempt_at=now,  # due for the relay at once
-                    ttl_seconds=ttl,
-                    expires_at=now + timedelta(seconds=ttl) if ttl else None,
-                    correlation_id=correlation_id,
-                )
+            message = StoredMessage(
+                uuid.uuid4(),
+                recipient_id,
+                next_seq[recipient_id],
+                item["content"],
+                str(item.get("priority", Priority.NORMAL.value)),
             )
             next_seq[recipient_id] += 1
-        copy_insert(messages)
+            messages.append(message)
+            rows.append(
+                (
+                    message.pk,
+                    Kind.ONE_WAY.value,
+                    sender.pk,
+                    recipient_id,
+                    message.seq,
+                    item.get("subject", ""),
+                    message.content,
+                    str(item.get("content_type", "text")),
+                    message.priority,
+                    Status.QUEUED.value,
+                    0,
+                    now,  # due for the relay at once
+                    now,
+                    "",
+                    ttl,
+                    now + timedelta(seconds=ttl) if ttl else None,
+                    correlation_id,
+                )
+            )
+        copy_rows(Message, BATCH_COLUMNS, rows)
         _attach_all(sender, items, messages)
         relay_notify()
     logger.info("message.batch_accepted", extra={"count": len(messages)})
@@ -145,7 +191,7 @@ def messages_send_batch_idempotent(
         with transaction.atomic():
             messages = messages_send_batch(sender=sender, items=items)
             IdempotencyKey.objects.filter(pk=record.pk).update(
-                message=messages[0], batch_ids=[str(m.pk) for m in messages]
+                message_id=messages[0].pk, batch_ids=[str(m.pk) for m in messages]
             )
     except Exception:
         # Nothing was stored: free the key so that a corrected retry can use it.
@@ -154,13 +200,15 @@ def messages_send_batch_idempotent(
     return [m.pk for m in messages], True
 
 
-def _attach_all(sender: User, items: list[dict], messages: list[Message]) -> None:
+def _attach_all(sender: User, items: list[dict], messages: list[StoredMessage]) -> None:
     errors = {}
     for index, (item, message) in enumerate(zip(items, messages, strict=True)):
         if not item.get("attachment_ids"):
             continue
         try:
-            media_attach(message=message, uploader=sender, media_ids=list(item["attachment_ids"]))
+            media_attach(
+                message=Message(pk=message.pk), uploader=sender, media_ids=list(item["attachment_ids"])
+            )
         except MessagingError as exc:
             errors[index] = {"attachment_ids": [exc.detail]}
     if errors:

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Max
+from django.db.models import F, Max
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser, PartyKind, User
@@ -58,6 +58,12 @@ def _take_seqs(counts: dict[int, int]) -> dict[int, int]:
     statement, so a rollback leaves no gap and concurrent sends take consecutive numbers.
     """
     ids = sorted(counts)
+    if connection.vendor != "postgresql":
+        # SQLite (local runs): the transaction already holds the file's write lock.
+        for pk in ids:
+            MobileUser.objects.filter(pk=pk).update(last_seq=F("last_seq") + counts[pk])
+        last = dict(MobileUser.objects.filter(pk__in=ids).values_list("pk", "last_seq"))
+        return {pk: last[pk] - counts[pk] + 1 for pk in ids}
     list(MobileUser.objects.filter(pk__in=ids).order_by("pk").select_for_update().values_list("pk"))
     table = MobileUser._meta.db_table
     values = ", ".join(["(%s::bigint, %s::bigint)"] * len(ids))

@@ -87,6 +87,11 @@ DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded database of local runs: a write transaction takes the file's write lock when
+    # it begins, so the read-then-update steps (relay claims, transitions) cannot interleave
+    # between the web, worker and beat processes, and waits for the lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(transaction_mode="IMMEDIATE", timeout=20)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"] = with_connection_pool(DATABASES["default"])
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -1,42 +1,56 @@
 """Domain errors of media uploads; `apps.ops.exceptions` maps each to its HTTP status.
 
-They extend messaging's error base so the one exception handler knows them. A media id that
-is not the caller's (or no longer attachable) is `apps.messaging.errors.MediaNotFound`.
+They extend the one domain error base (apps.common.errors), which the exception handler maps.
 """
 
-from rest_framework import status
-from rest_framework.exceptions import APIException
+from http import HTTPStatus as status
 
-from apps.messaging.errors import MessagingError
+from apps.common.errors import DomainError
 
 
-class UnsupportedMedia(MessagingError):
-    status_code = status.HTTP_400_BAD_REQUEST
+class MediaError(DomainError):
+    """Base of the media errors."""
+
+
+class MediaNotFound(MediaError):
+    status_code = status.NOT_FOUND
+    code = "invalid_attachment"
+    default_detail = "No unattached media of yours has this id."
+
+
+class MediaNotAttachable(MediaError):
+    status_code = status.CONFLICT
+    code = "invalid_attachment"
+    default_detail = "This media failed processing and cannot be attached."
+
+
+class UnsupportedMedia(MediaError):
+    status_code = status.BAD_REQUEST
     default_detail = (
         "Unsupported file type. Accepted: JPEG, PNG, GIF, WebP images; MP4, MOV, WebM video; "
         "MP3, M4A/AAC, OGG, WAV audio; PDF documents."
     )
 
 
-class InvalidImage(MessagingError):
-    status_code = status.HTTP_400_BAD_REQUEST
+class InvalidImage(MediaError):
+    status_code = status.BAD_REQUEST
     default_detail = "The image cannot be decoded."
 
 
-class MediaTooLarge(MessagingError):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+class MediaTooLarge(MediaError):
+    status_code = status.REQUEST_ENTITY_TOO_LARGE
     default_detail = "The file is too large."
 
 
-class MediaAttached(MessagingError):
-    status_code = status.HTTP_409_CONFLICT
+class MediaAttached(MediaError):
+    status_code = status.CONFLICT
     default_detail = "This media is attached to a message and cannot be deleted."
 
 
-class StorageUnavailable(APIException):
+class StorageUnavailable(MediaError):
     """503 with Retry-After: the storage's circuit breaker is open."""
 
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    status_code = status.SERVICE_UNAVAILABLE
     default_detail = "File storage is unavailable; retry later."
-    default_code = "storage_unavailable"
-    wait = 30
+    code = "storage_unavailable"
+    retry_after = 30

@@ -25,10 +25,16 @@ from django.utils import timezone
 from apps.accounts.models import MobileUser, User
 from apps.common.breaker import STORAGE, CircuitOpen, breaker
 from apps.common.ratelimit import Decision, SlidingWindowLimiter
-from apps.messaging.errors import MediaNotAttachable, MediaNotFound
 from apps.messaging.selectors import parse_uuid
 
-from .errors import MediaAttached, MediaTooLarge, StorageUnavailable, UnsupportedMedia
+from .errors import (
+    MediaAttached,
+    MediaNotAttachable,
+    MediaNotFound,
+    MediaTooLarge,
+    StorageUnavailable,
+    UnsupportedMedia,
+)
 from .images import DECODE_ERRORS, image_validate, thumbnails_render
 from .models import Media, MediaStatus, MediaType
 from .selectors import media_owned_by

@@ -23,6 +23,7 @@ from django.utils import timezone
 from apps.accounts.models import MobileUser, PartyKind, User
 from apps.common.pgcopy import copy_insert, copy_rows
 from apps.devices.services import push_schedule
+from apps.media.errors import MediaError
 from apps.media.services import media_attach
 from apps.ops.logging import get_correlation_id
 from apps.realtime import presence
@@ -215,7 +216,7 @@ def _attach_all(sender: User, items: list[dict], messages: list[StoredMessage]) 
             media_attach(
                 message=Message(pk=message.pk), uploader=sender, media_ids=list(item["attachment_ids"])
             )
-        except MessagingError as exc:
+        except MediaError as exc:
             errors[index] = {"attachment_ids": [exc.detail]}
     if errors:
         raise BatchInvalid(errors)

@@ -1,37 +1,35 @@
-"""Domain errors of messaging; the API layer maps each to its HTTP status."""
+"""Domain errors of messaging (apps.common.errors.DomainError: the API and the sockets map them)."""
 
-from rest_framework import status
+from http import HTTPStatus as status
+
+from apps.common.errors import DomainError
+from apps.media.errors import MediaNotAttachable, MediaNotFound
+
+__all__ = [
+    "IdempotencyKeyInFlight",
+    "IdempotencyKeyMismatch",
+    "MediaNotAttachable",
+    "MediaNotFound",
+    "MessagingError",
+    "RecipientNotFound",
+]
 
 
-class MessagingError(Exception):
-    status_code = status.HTTP_400_BAD_REQUEST
-    default_detail = "Invalid request."
-
-    def __init__(self, detail: str | None = None):
-        self.detail = detail or self.default_detail
-        super().__init__(self.detail)
+class MessagingError(DomainError):
+    """Base of messaging's errors."""
 
 
 class RecipientNotFound(MessagingError):
-    status_code = status.HTTP_404_NOT_FOUND
+    status_code = status.NOT_FOUND
+    code = "recipient_inactive"
     default_detail = "No active mobile user has this phone number."
 
 
-class MediaNotFound(MessagingError):
-    status_code = status.HTTP_404_NOT_FOUND
-    default_detail = "No unattached media of yours has this id."
-
-
-class MediaNotAttachable(MessagingError):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "This media failed processing and cannot be attached."
-
-
 class IdempotencyKeyMismatch(MessagingError):
-    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    status_code = status.UNPROCESSABLE_ENTITY
     default_detail = "This Idempotency-Key was already used with a different request body."
 
 
 class IdempotencyKeyInFlight(MessagingError):
-    status_code = status.HTTP_409_CONFLICT
+    status_code = status.CONFLICT
     default_detail = "A request with this Idempotency-Key is still being processed; retry shortly."

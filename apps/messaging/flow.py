@@ -11,16 +11,16 @@ import logging
 import threading
 import time
 from functools import lru_cache
+from http import HTTPStatus
 
 import redis
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 from redis.exceptions import RedisError
-from rest_framework import status
-from rest_framework.exceptions import APIException, Throttled
 
 from apps.accounts.models import Tier, User
+from apps.common.errors import DomainError
 from apps.common.ratelimit import MultiWindowLimiter
 
 from .models import Message, Status
@@ -38,21 +38,27 @@ BROKER_QUEUES = ("high", "default", "low")
 BACKPRESSURE_RETRY_AFTER_SECONDS = 5
 
 
-class SendRateLimited(Throttled):
+class SendRateLimited(DomainError):
+    """429 with Retry-After: the sender's tier allows no more messages now."""
+
+    status_code = HTTPStatus.TOO_MANY_REQUESTS
+    code = "rate_limited"
     default_detail = "Too many messages for your tier; retry later."
 
+    def __init__(self, detail: str | None = None, *, wait: float) -> None:
+        super().__init__(detail, retry_after=wait)
+        seconds = self.retry_after_seconds
+        self.detail = f"{self.detail} Expected available in {seconds} second{'s' if seconds != 1 else ''}."
+        self.args = (self.detail,)
 
-class Overloaded(APIException):
+
+class Overloaded(DomainError):
     """503 with Retry-After: the backlog is past MESSAGING_BACKLOG_LIMIT."""
 
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    status_code = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "overloaded"
     default_detail = "The service is overloaded; retry later."
-    default_code = "overloaded"
-
-    def __init__(self, detail: str | None = None, *, wait: int = BACKPRESSURE_RETRY_AFTER_SECONDS) -> None:
-        super().__init__(detail)
-        # DRF's exception handler turns `wait` into the Retry-After header.
-        self.wait = wait
+    retry_after = BACKPRESSURE_RETRY_AFTER_SECONDS
 
 
 def send_limiter(tier: str) -> MultiWindowLimiter:
@@ -78,7 +84,7 @@ def sends_admit(*, sender: User, count: int) -> None:
         detail = f"{count:,} messages in one request exceed your tier's limit ({limits})."
     else:
         detail = f"Rate limit of your tier ({sender.tier}: {limits}) reached."
-    raise SendRateLimited(wait=decision.retry_after, detail=detail)
+    raise SendRateLimited(detail, wait=decision.retry_after)
 
 
 def limiter_windows(sender: User) -> list[tuple[int, int]]:

@@ -7,7 +7,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from apps.messaging.errors import MessagingError
+from apps.common.errors import DomainError
 
 
 def _first_message(data) -> str:
@@ -22,8 +22,10 @@ def _first_message(data) -> str:
 
 
 def exception_handler(exc, context):
-    if isinstance(exc, MessagingError):
-        return Response({"detail": exc.detail}, status=exc.status_code)
+    if isinstance(exc, DomainError):
+        retry_after = exc.retry_after_seconds
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return Response({"detail": exc.detail}, status=exc.status_code, headers=headers)
     if isinstance(exc, DjangoValidationError):
         return Response({"detail": " ".join(exc.messages)}, status=status.HTTP_400_BAD_REQUEST)
     response = drf_exception_handler(exc, context)

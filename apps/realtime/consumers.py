@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import uuid
 
@@ -20,13 +19,13 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 
 from apps.accounts.models import MobileUser, PartyKind, User
+from apps.common.errors import DomainError
 from apps.conversations.models import ConversationStatus
 from apps.conversations.selectors import conversation_for
 from apps.conversations.services import conversation_message_send
 from apps.messaging import services
 from apps.messaging.content import MAX_ATTACHMENTS, MAX_CONTENT_LENGTH, normalize_content
-from apps.messaging.errors import MediaNotAttachable, MediaNotFound, MessagingError, RecipientNotFound
-from apps.messaging.flow import Overloaded, SendRateLimited, sends_admit
+from apps.messaging.flow import sends_admit
 from apps.messaging.models import ContentType, Status
 from apps.messaging.selectors import parse_uuid
 from apps.ops.logging import correlation_context
@@ -52,12 +51,6 @@ TYPING_REPEAT_SECONDS = 3
 # Beyond this many typing frames per window, a connection gets `rate_limited` errors.
 TYPING_BURST = 20
 TYPING_WINDOW_SECONDS = 10
-# Error codes of the domain errors that carry none of their own (the conversation errors do).
-ERROR_CODES: dict[type[MessagingError], str] = {
-    MediaNotFound: "invalid_attachment",
-    MediaNotAttachable: "invalid_attachment",
-    RecipientNotFound: "recipient_inactive",
-}
 
 
 def in_db_pool(func):
@@ -204,14 +197,9 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
             return
         try:
             payload = await in_db_pool(self._store_chat)(fields)
-        except MessagingError as exc:
-            code = ERROR_CODES.get(type(exc)) or getattr(exc, "code", "invalid")
-            await self._error(code, exc.detail, client_id=client_id)
-            return
-        except (SendRateLimited, Overloaded) as exc:
-            code = "rate_limited" if isinstance(exc, SendRateLimited) else "overloaded"
-            retry_after = max(1, math.ceil(exc.wait or 1))
-            await self._error(code, str(exc.detail), client_id=client_id, retry_after=retry_after)
+        except DomainError as exc:
+            retry = {"retry_after": exc.retry_after_seconds} if exc.retry_after is not None else {}
+            await self._error(exc.code, exc.detail, client_id=client_id, **retry)
             return
         await self.send_json({"type": "chat.accepted", "client_id": client_id, "message": payload})
 

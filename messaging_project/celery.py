@@ -65,4 +65,6 @@ def _restore_unacked_tolerating_lost_connection(
         return None
 
 
+# The kombu versions whose QoS.restore_unacked this wraps (tests/ops/test_patches.py fails on others).
+KOMBU_TESTED = ("5.7.",)
 redis_transport.QoS.restore_unacked = _restore_unacked_tolerating_lost_connection

@@ -16,8 +16,8 @@ from rest_framework.views import APIView
 
 from apps.accounts.models import MobileUser, PartyKind, User
 from apps.common.serializers import represent
-from apps.messaging.apis import MessageContentInputSerializer, phone_field
 from apps.messaging.flow import sends_admit
+from apps.messaging.inputs import MessageContentInputSerializer, phone_field
 from apps.messaging.pagination import PagePagination
 
 from .models import Conversation, ConversationStatus

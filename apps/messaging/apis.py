@@ -12,12 +12,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import CanManageDeadLetters, CanSendMessage, sender_permission
-from apps.common.phone import normalize_phone
 from apps.common.serializers import represent
 
 from . import bulk
-from .content import MAX_ATTACHMENTS, MAX_CONTENT_LENGTH, normalize_content
+from .content import MAX_CONTENT_LENGTH, normalize_content
 from .flow import sends_admit
+from .inputs import MAX_TTL_SECONDS, OneWayMessageInputSerializer, phone_field
 from .models import ContentType, DeadLetter, Kind, Priority, Status
 from .pagination import PagePagination
 from .selectors import (
@@ -41,60 +41,7 @@ from .services import (
     request_hash,
 )
 
-MAX_TTL_SECONDS = 30 * 24 * 3600
 CanSendBroadcast = sender_permission("send_broadcast")
-
-
-def phone_field(value: str) -> str:
-    try:
-        return normalize_phone(value)
-    except DjangoValidationError as exc:
-        raise serializers.ValidationError(exc.messages) from exc
-
-
-class MessageContentInputSerializer(serializers.Serializer):
-    """What every kind of message carries: content, its type, attachments (one-way and chat)."""
-
-    content = serializers.CharField(max_length=MAX_CONTENT_LENGTH, trim_whitespace=False)
-    content_type = serializers.ChoiceField(choices=ContentType.choices, default=ContentType.TEXT)
-    attachment_ids = serializers.ListField(
-        child=serializers.UUIDField(), max_length=MAX_ATTACHMENTS, required=False, default=list
-    )
-
-    def validate_attachment_ids(self, value: list) -> list:
-        if len(set(value)) != len(value):
-            raise serializers.ValidationError("Each attachment id may appear only once.")
-        return value
-
-    def validate(self, data: dict) -> dict:
-        # Whether the ids name the author's own unattached media is checked by the send
-        # service, under lock.
-        try:
-            data["content"] = normalize_content(data["content"], data["content_type"])
-        except DjangoValidationError as exc:
-            raise serializers.ValidationError({"content": exc.messages}) from exc
-        return data
-
-
-class OneWayMessageInputSerializer(MessageContentInputSerializer):
-    """The body of a one-way send (also used, per item, by batch and broadcast)."""
-
-    recipient_phone_number = serializers.CharField(max_length=32)
-    subject = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
-    ttl_seconds = serializers.IntegerField(
-        min_value=1, max_value=MAX_TTL_SECONDS, required=False, allow_null=True
-    )
-
-    def validate_recipient_phone_number(self, value: str) -> str:
-        return phone_field(value)
-
-    def validate(self, data: dict) -> dict:
-        data = super().validate(data)
-        # Absent and empty mean the same (and hash the same for Idempotency-Key).
-        if not data.get("attachment_ids"):
-            data.pop("attachment_ids", None)
-        return data
 
 
 class MessageSendApi(APIView):

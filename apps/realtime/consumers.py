@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from django.core.exceptions import ValidationError as DjangoValidationError
 
 from apps.accounts.models import MobileUser, PartyKind, User
 from apps.common.errors import DomainError
@@ -24,9 +22,9 @@ from apps.conversations.models import ConversationStatus
 from apps.conversations.selectors import conversation_for
 from apps.conversations.services import conversation_message_send
 from apps.messaging import services
-from apps.messaging.content import MAX_ATTACHMENTS, MAX_CONTENT_LENGTH, normalize_content
 from apps.messaging.flow import sends_admit
-from apps.messaging.models import ContentType, Status
+from apps.messaging.inputs import ChatSendInputSerializer, first_error
+from apps.messaging.models import Status
 from apps.messaging.selectors import parse_uuid
 from apps.ops.logging import correlation_context
 
@@ -156,23 +154,21 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
             await self._error("invalid_frame", "A frame is a JSON object with a string 'type'.")
             return
         kind = content["type"]
-        if kind == "ping":
-            await self._beat()
-            await self.send_json({"type": "pong"})
+        handler = FRAME_HANDLERS.get(kind)
+        if handler is None:
+            await self._error("unknown_type", f"Unknown frame type {kind!r}.")
             return
-        if time.monotonic() - self.last_beat > HEARTBEAT_REFRESH_SECONDS:
+        if kind != "ping" and time.monotonic() - self.last_beat > HEARTBEAT_REFRESH_SECONDS:
             await self._beat()
-        if kind in ("ack", "read"):
-            await self._receipt(kind, content)
-        elif kind in ("chat.send", "typing") and not self.can_chat:
+        if kind in CHAT_FRAMES and not self.can_chat:
             extra = {"client_id": content.get("client_id")} if kind == "chat.send" else {}
             await self._error("forbidden", "You need the 'chat' permission.", **extra)
-        elif kind == "chat.send":
-            await self._chat_send(content)
-        elif kind == "typing":
-            await self._typing(content)
-        else:
-            await self._error("unknown_type", f"Unknown frame type {kind!r}.")
+            return
+        await handler(self, kind, content)
+
+    async def _ping(self, kind: str, content: dict) -> None:
+        await self._beat()
+        await self.send_json({"type": "pong"})
 
     async def _receipt(self, kind: str, content: dict) -> None:
         ids = content.get("message_ids")
@@ -184,17 +180,19 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         target = Status.DELIVERED if kind == "ack" else Status.READ
         await receipt_apply(services.Receipt(self.kind, self.user_id, target, ids))
 
-    async def _chat_send(self, content: dict) -> None:
+    async def _chat_send(self, kind: str, content: dict) -> None:
         client_id = content.get("client_id")
         if client_id is not None and (not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID_CHARS):
             await self._error(
                 "invalid_frame", f"'client_id' must be a string of at most {MAX_CLIENT_ID_CHARS}."
             )
             return
-        problem, fields = _chat_fields(content)
-        if problem:
-            await self._error("invalid_frame", problem, client_id=client_id)
+        # The same input serializer as `POST conversations/{id}/messages/`.
+        frame = ChatSendInputSerializer(data=content)
+        if not frame.is_valid():
+            await self._error("invalid_frame", first_error(frame.errors), client_id=client_id)
             return
+        fields = dict(frame.validated_data)
         try:
             payload = await in_db_pool(self._store_chat)(fields)
         except DomainError as exc:
@@ -211,7 +209,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         message = conversation_message_send(author=self.principal, **fields)
         return message_payload(message)
 
-    async def _typing(self, content: dict) -> None:
+    async def _typing(self, kind: str, content: dict) -> None:
         conversation_id, is_typing = content.get("conversation_id"), content.get("is_typing")
         if parse_uuid(conversation_id) is None or not isinstance(is_typing, bool):
             await self._error(
@@ -274,41 +272,15 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json(frame)
 
 
-def _chat_fields(content: dict) -> tuple[str, dict]:
-    """Validate a `chat.send` frame; return (problem, {}) or ("", the service's arguments)."""
-    conversation_id = content.get("conversation_id")
-    text, content_type = content.get("content"), content.get("content_type", ContentType.TEXT)
-    media_ids = _media_ids(content.get("attachment_ids"))
-    if not isinstance(conversation_id, str) or parse_uuid(conversation_id) is None:
-        return "'conversation_id' must be a conversation's id (UUID).", {}
-    if content_type not in ContentType.values:
-        return f"'content_type' must be one of {', '.join(ContentType.values)}.", {}
-    if not isinstance(text, str) or not text.strip() or len(text) > MAX_CONTENT_LENGTH:
-        return f"'content' must be 1 to {MAX_CONTENT_LENGTH:,} characters.", {}
-    if media_ids is None:
-        return f"'attachment_ids' must be a list of at most {MAX_ATTACHMENTS} distinct media ids.", {}
-    try:
-        text = normalize_content(text, content_type)
-    except DjangoValidationError as exc:
-        return " ".join(exc.messages), {}
-    return "", {
-        "conversation_id": conversation_id,
-        "content": text,
-        "content_type": content_type,
-        "attachment_ids": media_ids,
-    }
-
-
-def _media_ids(value: object) -> list[uuid.UUID] | None:
-    """Return `attachment_ids` (absent: none) as distinct UUIDs, or None if it is not such a list."""
-    if value is None:
-        return []
-    if not isinstance(value, list) or len(value) > MAX_ATTACHMENTS:
-        return None
-    ids = [parse_uuid(v) if isinstance(v, str) else None for v in value]
-    if None in ids or len(set(ids)) != len(ids):
-        return None
-    return ids
+# Frame type -> handler; `chat.send` and `typing` need the `chat` permission.
+FRAME_HANDLERS = {
+    "ping": ParticipantConsumer._ping,
+    "ack": ParticipantConsumer._receipt,
+    "read": ParticipantConsumer._receipt,
+    "chat.send": ParticipantConsumer._chat_send,
+    "typing": ParticipantConsumer._typing,
+}
+CHAT_FRAMES = frozenset({"chat.send", "typing"})
 
 
 class MobileConsumer(ParticipantConsumer):

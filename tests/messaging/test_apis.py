@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apps.accounts.models import MobileUser
-from apps.messaging.apis import OneWayMessageInputSerializer
+from apps.messaging.inputs import OneWayMessageInputSerializer
 from apps.messaging.models import (
     Channel,
     DeliveryAttempt,

@@ -1,0 +1,98 @@
+"""Input shapes shared by the REST endpoints and the WebSocket frames: validated the same way."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from apps.common.phone import normalize_phone
+
+from .content import MAX_ATTACHMENTS, MAX_CONTENT_LENGTH, normalize_content
+from .models import ContentType, Priority
+
+MAX_TTL_SECONDS = 30 * 24 * 3600
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that takes strings only (DRF's would turn 42 into "42")."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictUUIDField(serializers.UUIDField):
+    """A UUIDField that takes strings only (DRF's would read 7 as UUID(int=7))."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
+def phone_field(value: str) -> str:
+    try:
+        return normalize_phone(value)
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError(exc.messages) from exc
+
+
+class MessageContentInputSerializer(serializers.Serializer):
+    """What every kind of message carries: content, its type, attachments (one-way and chat)."""
+
+    content = StrictCharField(max_length=MAX_CONTENT_LENGTH, trim_whitespace=False)
+    content_type = serializers.ChoiceField(choices=ContentType.choices, default=ContentType.TEXT)
+    attachment_ids = serializers.ListField(
+        child=StrictUUIDField(), max_length=MAX_ATTACHMENTS, required=False, default=list
+    )
+
+    def validate_attachment_ids(self, value: list) -> list:
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("Each attachment id may appear only once.")
+        return value
+
+    def validate(self, data: dict) -> dict:
+        # Whether the ids name the author's own unattached media is checked by the send
+        # service, under lock.
+        try:
+            data["content"] = normalize_content(data["content"], data["content_type"])
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError({"content": exc.messages}) from exc
+        return data
+
+
+class OneWayMessageInputSerializer(MessageContentInputSerializer):
+    """The body of a one-way send (also used, per item, by batch and broadcast)."""
+
+    recipient_phone_number = serializers.CharField(max_length=32)
+    subject = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
+    ttl_seconds = serializers.IntegerField(
+        min_value=1, max_value=MAX_TTL_SECONDS, required=False, allow_null=True
+    )
+
+    def validate_recipient_phone_number(self, value: str) -> str:
+        return phone_field(value)
+
+    def validate(self, data: dict) -> dict:
+        data = super().validate(data)
+        # Absent and empty mean the same (and hash the same for Idempotency-Key).
+        if not data.get("attachment_ids"):
+            data.pop("attachment_ids", None)
+        return data
+
+
+class ChatSendInputSerializer(MessageContentInputSerializer):
+    """A `chat.send` frame's fields (the socket's twin of `POST conversations/{id}/messages/`)."""
+
+    conversation_id = StrictUUIDField()
+
+
+def first_error(errors: dict) -> str:
+    """Return the first validation error of a serializer's `errors` as 'field: message'."""
+    for field, value in errors.items():
+        while isinstance(value, (list, dict)) and value:
+            value = value[0] if isinstance(value, list) else next(iter(value.values()))
+        return str(value) if field == "non_field_errors" else f"{field}: {value}"
+    return "Invalid frame."

@@ -284,7 +284,8 @@ async def _idle_connect(url: str, tokens: list[str], concurrency: int, conn: Con
                 ws = await connect(
                     url,
                     additional_headers={"Authorization": f"Token {token}"},
-                    open_timeout=60,
+                    # A server out of file descriptors leaves connects in its backlog.
+                    open_timeout=30,
                     close_timeout=2,
                     ping_interval=None,
                     proxy=None,

@@ -22,7 +22,11 @@ What it does, in order (each phase with a progress bar; all traffic on 127.0.0.1
    p5 reconnect catch-up: 10,000 pending messages for one offline user, then it connects →
       time until all frames arrived and until all acks are recorded (run first, on an idle
       system, since the other phases may leave deliveries queued when their drain times out);
-   p6 peak resident memory of web, worker (with its pool), beat and redis, sampled all along.
+   p6 peak resident memory of web, worker (with its pool), beat and redis, sampled all along;
+   p7-p10 (bench/phases.py): a same-run reference endpoint (bench/reference/, a bare DRF
+      create doing our single send's durable write) under p2's load; ingest alone (p2 with the
+      worker stopped); overload (an open loop at twice p2's rate); idle WebSockets on one
+      extra web process.
    A phase whose endpoint answers 404/405 is reported "n/a: endpoint missing"; a phase that
    fails is reported failed, with the reason, and the run goes on.
 6. Prints a table (figure, value, target, ratio to the reference, pass/fail) and writes

@@ -224,7 +224,7 @@ def figures(results: dict) -> list[dict]:
             "",
             f"≥ {IDLE_CONNECTIONS:,} idle",
             (connect["connected"] >= IDLE_CONNECTIONS and not closed) if big_enough else None,
-            "not measured at this size" if not big_enough else "",
+            ("see p10" if results.get("p10") else "not measured at this size") if not big_enough else "",
         )
     add("push within 2 s of going offline (p99)", "not measured here", "", "< 2 s")
     rows[-1]["verdict"] = ""

@@ -167,15 +167,20 @@ class CpuMeter:
         }
         return time.monotonic(), seconds, self._postgres_seconds()
 
-    def cores(self, since: tuple[float, dict[str, float], dict[int, float]]) -> dict[str, float]:
+    def seconds(
+        self, since: tuple[float, dict[str, float], dict[int, float]]
+    ) -> tuple[float, dict[str, float]]:
+        """Return (wall seconds, CPU seconds per name and "postgres") since an earlier reading."""
         start, before, pg_before = since
         now, after, pg_after = self.reading()
-        wall = max(now - start, 1e-9)
-        cores = {name: round((after[name] - before.get(name, 0.0)) / wall, 2) for name in after}
+        used = {name: after[name] - before.get(name, 0.0) for name in after}
         # A backend that ended in between is not counted; one that started counts from zero.
-        pg = sum(seconds - pg_before.get(pid, 0.0) for pid, seconds in pg_after.items())
-        cores["postgres"] = round(pg / wall, 2)
-        return cores
+        used["postgres"] = sum(seconds - pg_before.get(pid, 0.0) for pid, seconds in pg_after.items())
+        return max(now - start, 1e-9), used
+
+    def cores(self, since: tuple[float, dict[str, float], dict[int, float]]) -> dict[str, float]:
+        wall, used = self.seconds(since)
+        return {name: round(seconds / wall, 2) for name, seconds in used.items()}
 
 
 # --- profiles ------------------------------------------------------------------------------

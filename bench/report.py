@@ -200,7 +200,8 @@ def figures(results: dict) -> list[dict]:
         )
         add(f"p5 catch-up of {n:,}: all acks recorded", p5["all_acked_seconds"], "s")
         add("p5 catch-up frames in seq order", "yes" if p5["in_seq_order"] else "NO")
-    for name in ("p5", "p1", "p2", "p3", "p4"):
+    _extra_rows(results, add, not_run)
+    for name in ("p5", "p1", "p2", "p3", "p4", "p8", "p9"):
         cores = (results.get(name) or {}).get("cpu_cores")
         if cores:
             busy = sorted(cores.items(), key=lambda kv: -kv[1])
@@ -223,7 +224,7 @@ def figures(results: dict) -> list[dict]:
             "",
             f"≥ {IDLE_CONNECTIONS:,} idle",
             (connect["connected"] >= IDLE_CONNECTIONS and not closed) if big_enough else None,
-            "not measured at this size" if not big_enough else "",
+            ("see p10" if results.get("p10") else "not measured at this size") if not big_enough else "",
         )
     add("push within 2 s of going offline (p99)", "not measured here", "", "< 2 s")
     rows[-1]["verdict"] = ""
@@ -232,6 +233,154 @@ def figures(results: dict) -> list[dict]:
     if redis_ops:
         add("reference: Redis LPUSH/BRPOP round trips", redis_ops, f"ops/s ({rtt_ms:.3f} ms each)")
     return rows
+
+
+REFERENCE_RATIO_P2 = 0.7
+REFERENCE_RATIO_INGEST = 1.0
+OVERLOAD_P95_MS = 1000
+# Our processes that serve a single send end to end (the fleet and the load generator do not).
+SERVER_SIDE = ("web", "worker", "beat", "redis", "postgres")
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _extra_rows(results: dict, add, not_run) -> None:
+    """Rows of p7 (reference endpoint), p8 (ingest alone), p9 (overload), p10 (idle sockets)."""
+    ref = None if not_run("p7", "p7 reference endpoint") else results["p7"]
+    ref_rate = ref["accepted_per_s"] if ref else None
+
+    def vs_ref(per_s: float | None) -> str:
+        return f"{per_s / ref_rate:.2f}x reference" if per_s and ref_rate else ""
+
+    if ref:
+        add(
+            f"p7 reference: bare DRF create (x{results['args'].get('max_concurrency')})",
+            ref["accepted_per_s"],
+            "req/s",
+        )
+        add("p7 reference API p50 / p95", f"{_ms(ref['api_ms']['p50'])} / {_ms(ref['api_ms']['p95'])}", "ms")
+        cpu = ref["cpu_ms_per_request"]
+        add(
+            "p7 reference CPU per request (web + PostgreSQL)",
+            f"{_ms(cpu['total'])} ms ({_ms(cpu['web'])} web, {_ms(cpu['postgres'])} PostgreSQL)",
+        )
+        if set(ref["statuses"]) - {"201"}:
+            add("p7 reference answers other than 201", str(ref["statuses"]))
+    p2 = results.get("p2")
+    if p2 and "accepted_per_s" in p2:
+        rate = p2["accepted_per_s"]
+        ratio = rate / ref_rate if ref_rate else None
+        add(
+            "p2 single sends (delivered and acked) vs the reference",
+            f"{ratio:.2f}x" if ratio is not None else None,
+            "",
+            f"≥ {REFERENCE_RATIO_P2}x",
+            ratio is not None and ratio >= REFERENCE_RATIO_P2,
+            f"{rate:,.0f} / {ref_rate:,.0f} req/s" if ref_rate else "reference not run",
+        )
+        used = p2.get("cpu_seconds")
+        if used and p2.get("accepted"):
+            n = p2["accepted"]
+            total = sum(used.get(k, 0.0) for k in SERVER_SIDE)
+            add(
+                "p2 CPU per single send (all our processes + PostgreSQL, drain included)",
+                f"{1000 * total / n:.1f} ms (web {1000 * used.get('web', 0) / n:.1f},"
+                f" worker {1000 * used.get('worker', 0) / n:.1f},"
+                f" PostgreSQL {1000 * used.get('postgres', 0) / n:.1f})",
+                ratio=f"{total * 1000 / n / ref['cpu_ms_per_request']['total']:.1f}x reference"
+                if ref and ref["cpu_ms_per_request"]["total"]
+                else "",
+            )
+    if not not_run("p8", "p8 ingest alone"):
+        p8 = results["p8"]
+        rate = p8["accepted_per_s"]
+        ratio = rate / ref_rate if ref_rate else None
+        add(
+            "p8 ingest alone (worker stopped): accepted",
+            rate,
+            "req/s",
+            f"≥ {REFERENCE_RATIO_INGEST}x reference",
+            ratio is not None and ratio >= REFERENCE_RATIO_INGEST,
+            vs_ref(rate),
+        )
+        add("p8 ingest alone API p95", p8["api_ms"]["p95"], "ms")
+        cpu = p8["cpu_ms_per_request"]
+        ref_web = ref["cpu_ms_per_request"]["web"] if ref else None
+        add(
+            "p8 ingest alone web CPU per request",
+            cpu["web"],
+            "ms",
+            ratio=f"{cpu['web'] / ref_web:.1f}x reference web" if cpu["web"] and ref_web else "",
+        )
+        add("p8 backlog not acked after SIGCONT + drain", p8["undelivered_after_drain"], "msg")
+        if set(p8["statuses"]) - {"202"}:
+            add("p8 answers other than 202", str(p8["statuses"]))
+    if not not_run("p9", "p9 overload"):
+        p9 = results["p9"]
+        add(
+            f"p9 overload offered ({p9['rate_source']}, {p9['seconds']:g} s,"
+            f" ≤ {p9['connections']} in flight)",
+            p9["offered_per_s"],
+            "req/s",
+        )
+        add("p9 overload accepted", p9["accepted_per_s"], "req/s", ratio=vs_ref(p9["accepted_per_s"]))
+        add("p9 overload accepted p50", p9["api_ms"]["p50"], "ms")
+        p95 = p9["api_ms"]["p95"]
+        add(
+            "p9 overload accepted p95",
+            p95,
+            "ms",
+            f"< {OVERLOAD_P95_MS:,} ms",
+            p95 is not None and p95 < OVERLOAD_P95_MS,
+        )
+        add(
+            "p9 overload 503 answers (with Retry-After)",
+            f"{p9['unavailable_503']:,} ({p9['unavailable_with_retry_after']:,})",
+            "",
+            "503 + Retry-After when saturated",
+            p9["unavailable_503"] > 0 and p9["unavailable_with_retry_after"] == p9["unavailable_503"],
+        )
+        add(
+            "p9 overload other answers / cancelled",
+            f"{p9['other_statuses'] or 'none'} / {p9['cancelled']:,} cancelled",
+        )
+        add(
+            "p9 overload lost (accepted - delivered after drain)",
+            f"{p9['lost']:,} of {p9['accepted']:,}",
+            "",
+            "0",
+            p9["lost"] == 0,
+        )
+    if not not_run("p10", "p10 idle sockets"):
+        p10 = results["p10"]
+        add(
+            f"p10 idle WebSockets on one web process (of {p10['requested']:,})",
+            f"{p10['connected']:,} connected, {p10['failed']:,} failed in {p10['connect_seconds']:.1f} s",
+            "",
+            f"≥ {IDLE_CONNECTIONS:,} idle",
+            p10["connected"] >= IDLE_CONNECTIONS,
+        )
+        if p10.get("errors"):
+            add("p10 connect errors", str(p10["errors"])[:160])
+        add(
+            "p10 web RSS before → after",
+            f"{p10['rss_before_mb']:.0f} → {p10['rss_after_mb']:.0f} MB,"
+            f" {p10['kb_per_socket'] or 0:.1f} KB per socket",
+        )
+        add(
+            "p10 pong from a random sample",
+            f"{p10['pongs']}/{p10['sampled']}",
+            "",
+            "all",
+            bool(p10["sampled"]) and p10["pongs"] == p10["sampled"],
+        )
+        add(
+            "p10 RLIMIT_NOFILE server / client (soft)",
+            f"{p10['server_rlimit_nofile']['soft']:,} / {p10['client_rlimit_nofile']['soft']:,}"
+            + (f" — too low: {'; '.join(p10['rlimit_too_low'])}" if p10["rlimit_too_low"] else ""),
+        )
 
 
 def render(rows: list[dict], results: dict) -> str:
@@ -273,6 +422,9 @@ def plot(results: dict, timeline: list[tuple[float, float | None]], path: Path) 
         ("p1", "e2e_latency_s", "p1 request→ack recorded"),
         ("p2", "api_latency_s", "p2 API (max load)"),
         ("p2", "e2e_latency_s", "p2 request→ack recorded"),
+        ("p7", "api_latency_s", "p7 reference API (bare DRF)"),
+        ("p8", "api_latency_s", "p8 API, worker stopped"),
+        ("p9", "api_latency_s", "p9 API accepted under overload"),
     )
     for phase, key, label in curves:
         values = results.get(phase, {}).get("raw", {}).get(key)

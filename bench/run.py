@@ -22,7 +22,11 @@ What it does, in order (each phase with a progress bar; all traffic on 127.0.0.1
    p5 reconnect catch-up: 10,000 pending messages for one offline user, then it connects →
       time until all frames arrived and until all acks are recorded (run first, on an idle
       system, since the other phases may leave deliveries queued when their drain times out);
-   p6 peak resident memory of web, worker (with its pool), beat and redis, sampled all along.
+   p6 peak resident memory of web, worker (with its pool), beat and redis, sampled all along;
+   p7-p10 (bench/phases.py): a same-run reference endpoint (bench/reference/, a bare DRF
+      create doing our single send's durable write) under p2's load; ingest alone (p2 with the
+      worker stopped); overload (an open loop at twice p2's rate); idle WebSockets on one
+      extra web process.
    A phase whose endpoint answers 404/405 is reported "n/a: endpoint missing"; a phase that
    fails is reported failed, with the reason, and the run goes on.
 6. Prints a table (figure, value, target, ratio to the reference, pass/fail) and writes
@@ -49,12 +53,14 @@ import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import psycopg
 from tqdm import tqdm
 
+from bench import phases as extra
 from bench import report
 from bench.clients import FleetHandle, catchup_run, fleet_main
 from bench.measure import (
@@ -113,7 +119,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference-seconds", type=float, default=4, help="each reference loop's duration")
     p.add_argument("--ack-mode", choices=("coalesce", "each"), default="coalesce")
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip py-spy")
-    p.add_argument("--phases", default="1,2,3,4,5", help="phases to run, e.g. 1,5")
+    p.add_argument(
+        "--phases",
+        default="1,2,3,4,5,7,8,9,10",
+        help="phases to run, e.g. 1,5 (7 reference endpoint, 8 ingest alone, 9 overload, 10 idle sockets)",
+    )
+    p.add_argument(
+        "--overload-rate", type=float, default=0, help="p9: req/s offered (0: twice p2's accepted)"
+    )
+    p.add_argument("--overload-seconds", type=float, default=20, help="p9: duration")
+    p.add_argument("--overload-connections", type=int, default=512, help="p9: most requests in flight")
+    p.add_argument("--overload-drain-seconds", type=float, default=60, help="p9: longest wait for deliveries")
+    p.add_argument("--idle-sockets", type=int, default=20_000, help="p10: idle WebSocket connections")
+    p.add_argument(
+        "--idle-concurrency",
+        type=int,
+        default=50,
+        # More in flight does not connect faster (one process, CPU-bound): handshakes then wait
+        # past daphne's 5 s handshake timeout and the token lookup's pool timeout and fail.
+        help="p10: connects in flight",
+    )
     p.add_argument("--database", default="bench_messaging", help="dropped and recreated on every run")
     p.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the processes")
     p.add_argument(
@@ -139,6 +164,7 @@ class Req:
     ids: list[str] = field(default_factory=list)
     error: str = ""
     body: Any = None
+    retry_after: str | None = None  # the Retry-After header, if any
 
 
 class Load:
@@ -170,6 +196,7 @@ async def _post(session: aiohttp.ClientSession, path: str, token: str, body: dic
             raw = await resp.read()
             latency = time.perf_counter() - started
             status = resp.status
+            retry_after = resp.headers.get("Retry-After")
     except (aiohttp.ClientError, TimeoutError) as exc:
         return Req(wall, time.perf_counter() - started, 0, error=repr(exc)[:200])
     ids: list[str] = []
@@ -185,7 +212,7 @@ async def _post(session: aiohttp.ClientSession, path: str, token: str, body: dic
             ids = [str(data["id"])]
     else:
         error = raw[:300].decode(errors="replace")
-    return Req(wall, latency, status, ids, error, data if not error else None)
+    return Req(wall, latency, status, ids, error, data if not error else None, retry_after)
 
 
 def _one_way(load: Load, tag: str, n: int) -> tuple[str, dict]:
@@ -234,8 +261,14 @@ async def fixed_rate(
     return results
 
 
-async def closed_loop(load: Load, *, concurrency: int, seconds: float, tag: str) -> list[Req]:
-    """`concurrency` callers, each sending the next request as soon as the last one answered."""
+async def closed_loop(
+    load: Load, *, concurrency: int, seconds: float, tag: str, path: str = MESSAGES
+) -> list[Req]:
+    """`concurrency` callers, each sending the next request as soon as the last one answered.
+
+    `path`: our single send by default; the reference project's create endpoint (p7) takes the
+    same body.
+    """
     results: list[Req] = []
     bar = tqdm(total=int(seconds), desc=f"{tag} max x{concurrency}", unit="s", leave=True)
     deadline = time.perf_counter() + seconds
@@ -244,7 +277,7 @@ async def closed_loop(load: Load, *, concurrency: int, seconds: float, tag: str)
     async def caller() -> None:
         while time.perf_counter() < deadline:
             token, body = _one_way(load, tag, next(counter))
-            results.append(await _post(session, MESSAGES, token, body, time.perf_counter()))
+            results.append(await _post(session, path, token, body, time.perf_counter()))
 
     async def ticker() -> None:
         while time.perf_counter() < deadline:
@@ -562,7 +595,9 @@ def run_phase(name: str, results: dict, fn, *fn_args, meter: CpuMeter | None = N
         results[name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500]}
         return None
     if meter is not None and since is not None and isinstance(value, dict):
-        value["cpu_cores"] = meter.cores(since)
+        wall, used = meter.seconds(since)
+        value["cpu_cores"] = {name: round(seconds / wall, 2) for name, seconds in used.items()}
+        value["cpu_seconds"] = {name: round(seconds, 3) for name, seconds in used.items()}
     results[name] = value
     return value
 
@@ -605,6 +640,17 @@ def main(argv: list[str] | None = None) -> int:
         "machine": report.machine(),
     }
     profiles: dict[str, Any] = {}
+    # p10 holds thousands of sockets: raise the soft limit now, the processes inherit it.
+    results["rlimit_nofile"] = extra.raise_nofile()
+    ops = SimpleNamespace(
+        Load=Load,
+        closed_loop=closed_loop,
+        fixed_rate=fixed_rate,
+        sends_summary=sends_summary,
+        drain=drain,
+        percentiles=percentiles,
+        statuses=statuses,
+    )
 
     print(f"bench: recreating database {args.database} and migrating it")
     recreate_database(args.database)
@@ -756,6 +802,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "4" in phases:
             run_phase("p4", results, broadcast_phase, load, db, fleet, args.drain_seconds, meter=meter)
+        # Our stack is idle (the fleet's sockets stay open) while the reference runs.
+        if "7" in phases:
+            run_phase("p7", results, extra.reference_phase, args, stack, mobiles, workdir, ops)
+        if "8" in phases:
+            run_phase("p8", results, extra.ingest_phase, args, stack, load, db, fleet, ops, meter=meter)
+        if "9" in phases:
+            run_phase("p9", results, extra.overload_phase, args, results, load, db, ops, meter=meter)
+        if "10" in phases and args.idle_sockets > 0:
+            run_phase("p10", results, extra.idle_sockets_phase, args, stack, workdir)
         results["fleet"] = fleet.call("stats")
         results["final_status_counts"] = db.status_counts()
         results["timeline"] = db.timeline()

@@ -1,6 +1,7 @@
 """The `web` process: daphne serving the ASGI application, in one or more processes.
 
     python -m messaging_project.web [--bind 0.0.0.0] [--port $PORT] [--processes $WEB_CONCURRENCY]
+                                    [--application module:attribute]
 
 A daphne process runs Python on one core at most (the GIL), and a single send costs it about
 9 ms of CPU. With `--processes N` (N > 1) this process binds the port once and starts N daphne
@@ -8,7 +9,8 @@ processes that accept on the same socket (`daphne --fd`), so the kernel spreads 
 HTTP and WebSocket alike, over them. Every piece of state a connection needs lives in Redis or
 PostgreSQL (presence, channel-layer groups, tickets), so any process serves any client. A child
 that dies is started again; SIGTERM or SIGINT stops them all. With one process it simply
-becomes daphne.
+becomes daphne. `--application` serves another ASGI application the same way (the benchmark's
+reference project, bench/reference/); the default is ours.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bind", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--processes", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+    parser.add_argument(
+        "--application", default=APPLICATION, help=f"ASGI application (default {APPLICATION})"
+    )
     return parser.parse_args(argv)
 
 
@@ -44,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         print("messaging_project.web: --processes must be at least 1", file=sys.stderr)
         return 2
     if args.processes == 1:
-        os.execv(_daphne(), [_daphne(), "-b", args.bind, "-p", str(args.port), APPLICATION])
+        os.execv(_daphne(), [_daphne(), "-b", args.bind, "-p", str(args.port), args.application])
     listener = socket.create_server((args.bind, args.port), backlog=2048, reuse_port=False)
     listener.set_inheritable(True)
     fd = listener.fileno()
-    argv_child = [_daphne(), "--fd", str(fd), APPLICATION]
+    argv_child = [_daphne(), "--fd", str(fd), args.application]
 
     def spawn() -> subprocess.Popen:
         return subprocess.Popen(argv_child, pass_fds=[fd])

@@ -258,8 +258,16 @@ def overload_phase(args, results: dict, load, db, ops: SimpleNamespace) -> dict:
 # --- p10: idle sockets ------------------------------------------------------------------------
 
 
+# Enough for 20,000 sockets on each side plus the processes' own files.
+WANTED_NOFILE = 65_536
+
+
 def raise_nofile() -> dict:
-    """Raise this process's RLIMIT_NOFILE soft limit to the hard limit; return both."""
+    """Raise this process's RLIMIT_NOFILE (the hard limit too, when allowed: root); return both."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < WANTED_NOFILE:
+        with contextlib.suppress(ValueError, OSError):  # only root may raise a hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (WANTED_NOFILE, WANTED_NOFILE))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)

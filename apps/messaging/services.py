@@ -625,7 +625,7 @@ def _snapshot(message: Message) -> dict:
 
 
 def dead_letters_requeue(*, dead_letters: QuerySet[DeadLetter]) -> list[uuid.UUID]:
-    """Requeue the dead letters' messages: retries reset, status `queued`, dispatched on commit."""
+    """Requeue the dead letters' messages: retries reset, status `queued`, the relay woken on commit."""
     now = timezone.now()
     with transaction.atomic():
         message_ids = list(dead_letters.values_list("message_id", flat=True))

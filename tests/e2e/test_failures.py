@@ -127,7 +127,8 @@ def test_redis_outage_during_send_keeps_message_and_delivers_it_after_restart(e2
     assert response.body["seq"] == 2
 
     stack.start_redis()
-    # Beat and worker reconnect by themselves; the stuck-queued sweep re-dispatches the message,
+    # Beat and worker reconnect by themselves; beat's relay (its wake-up was lost with Redis)
+    # finds the queued message on its next look,
     # and the worker finds the recipient offline (presence was lost with Redis).
     [pending] = e2e.wait_status(sender, [during_id], "pending", timeout=60)
     assert [a["outcome"] for a in pending["attempts"]] == ["offline"]

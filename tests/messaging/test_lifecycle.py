@@ -34,6 +34,20 @@ def _snapshot(message_id) -> dict:
     return {**model_to_dict(message), "created_at": message.created_at}
 
 
+@pytest.fixture(autouse=True, params=["one_statement", "lock_then_update"])
+def implementation(request, monkeypatch):
+    """Run every test with both ways of moving: PostgreSQL's one statement, and the other databases'."""
+    if request.param == "lock_then_update":
+        monkeypatch.setattr(
+            lifecycle,
+            "_move_in_one_statement",
+            lambda messages, sources, values: lifecycle._move_locked_then_update(messages, sources, values)[
+                0
+            ],
+        )
+    return request.param
+
+
 @pytest.fixture
 def earlier():
     return timezone.now() - timedelta(hours=1)

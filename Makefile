@@ -26,7 +26,7 @@ LOAD_ENV = if [[ -f .env ]]; then set -a; source .env; set +a; fi
 help:
 	@echo "make run      start web (daphne, port \$$PORT or 8000), worker and beat with honcho"
 	@echo "make test     install dev requirements, check PostgreSQL/Redis, lint, migrations, pytest"
-	@echo "make lint     ruff format --check, ruff check, makemigrations --check"
+	@echo "make lint     ruff format --check, ruff check, import contracts, makemigrations --check"
 	@echo "make fmt      ruff format and ruff check --fix"
 	@echo "make migrate  apply migrations to the local database (SQLite unless DATABASE_URL)"
 	@echo "make bench    start the real processes and measure throughput and latency (BENCH_ARGS=...)"
@@ -63,6 +63,7 @@ run: services-run migrate
 lint: venv-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	@# The migration-history check needs the (not yet created) database; the model check does not.
 	DJANGO_SETTINGS_MODULE=$(TEST_SETTINGS) $(PY) $(NO_HISTORY_WARNING) manage.py makemigrations --check --dry-run
 

@@ -2,7 +2,7 @@
 
 `socket_open` makes a channel of the channel layer, joins it to a user's group and records a
 heartbeat, as a consumer's connect does; a task on this process's channel-layer loop (the one
-`apps.realtime.bridge` sends from) reads the channel into a queue for `socket_receive`. The
+`apps.common.bridge` sends from) reads the channel into a queue for `socket_receive`. The
 channel stays subscribed between reads, so no event is missed while a test looks elsewhere.
 """
 
@@ -14,8 +14,9 @@ import queue
 
 from channels.layers import get_channel_layer
 
+from apps.accounts import presence
 from apps.accounts.models import PartyKind
-from apps.realtime import bridge, presence
+from apps.common import bridge
 
 _inboxes: dict[str, queue.Queue] = {}
 _readers: list[asyncio.Task] = []

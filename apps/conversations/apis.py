@@ -15,10 +15,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import MobileUser, PartyKind, User
+from apps.common.pagination import PagePagination
 from apps.common.serializers import represent
 from apps.messaging.flow import sends_admit
 from apps.messaging.inputs import MessageContentInputSerializer, phone_field
-from apps.messaging.pagination import PagePagination
 
 from .models import Conversation, ConversationStatus
 from .selectors import conversation_for, conversation_list_for, conversation_messages, unread_totals_for

@@ -7,8 +7,8 @@ from rest_framework import serializers
 
 from apps.accounts.models import PartyKind
 from apps.media.serializers import AttachmentSerializer, attachment_payload
+from apps.messaging.frames import author_payload
 from apps.messaging.models import Message
-from apps.realtime.frames import author_payload
 
 from .models import Conversation
 

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import IsMobileUser
-from apps.messaging.pagination import PagePagination
+from apps.common.pagination import PagePagination
 
 from . import selectors
 from .models import TOKEN_MAX_LENGTH, DeviceToken, Platform

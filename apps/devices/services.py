@@ -21,11 +21,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from apps.accounts import presence
 from apps.accounts.models import MobileUser
+from apps.common.backoff import retry_delay
 from apps.common.redis import redis_client
-from apps.messaging.backoff import retry_delay
 from apps.messaging.models import Channel, DeliveryAttempt, Message, Outcome, Status
-from apps.realtime import presence
 
 from . import selectors
 from .backends import Notification, Result, Target, Verdict, push_backend

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 
 from apps.accounts.models import MobileUser, User
-from apps.messaging.selectors import parse_uuid
+from apps.common.ids import parse_uuid
 
 from .models import Media
 

@@ -24,8 +24,8 @@ from django.utils import timezone
 
 from apps.accounts.models import MobileUser, User
 from apps.common.breaker import STORAGE, CircuitOpen, breaker
+from apps.common.ids import parse_uuid
 from apps.common.ratelimit import Decision, SlidingWindowLimiter
-from apps.messaging.selectors import parse_uuid
 
 from .errors import (
     MediaAttached,

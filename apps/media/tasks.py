@@ -7,7 +7,7 @@ import logging
 from botocore.exceptions import BotoCoreError
 from celery import shared_task
 
-from apps.messaging.tasks import TRANSIENT
+from apps.common.transient import TRANSIENT
 
 from . import services
 

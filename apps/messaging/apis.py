@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import CanManageDeadLetters, CanSendMessage, sender_permission
+from apps.common.pagination import PagePagination
 from apps.common.serializers import represent
 
 from . import bulk
@@ -19,7 +20,6 @@ from .content import MAX_CONTENT_LENGTH, normalize_content
 from .flow import sends_admit
 from .inputs import MAX_TTL_SECONDS, OneWayMessageInputSerializer, phone_field
 from .models import ContentType, DeadLetter, Kind, Priority, Status
-from .pagination import PagePagination
 from .selectors import (
     broadcast_get_for_sender,
     broadcast_progress,

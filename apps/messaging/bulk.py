@@ -20,13 +20,13 @@ from django.db import connection, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
+from apps.accounts import presence
 from apps.accounts.models import MobileUser, PartyKind, User
+from apps.common.logging import get_correlation_id
 from apps.common.pgcopy import copy_insert, copy_rows
 from apps.devices.services import push_schedule
 from apps.media.errors import MediaError
 from apps.media.services import media_attach
-from apps.ops.logging import get_correlation_id
-from apps.realtime import presence
 
 from . import lifecycle, outgoing, services
 from .errors import MessagingError

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from django.conf import settings
 
-from apps.ops.logging import get_correlation_id
+from apps.common.logging import get_correlation_id
 
 from .models import Priority
 

@@ -22,7 +22,7 @@ from django.db.models.sql.subqueries import UpdateQuery
 from django.utils import timezone
 
 from apps.accounts.models import PartyKind
-from apps.realtime import events
+from apps.messaging import events
 
 from .models import Kind, Message, Status
 

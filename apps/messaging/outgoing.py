@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 from django.db.models import QuerySet
 
 from apps.accounts.models import PartyKind
+from apps.common.bridge import party_group
 from apps.media.models import Media
 from apps.media.serializers import attachment_payload
-from apps.realtime.bridge import party_group
 
 from .models import Message
 

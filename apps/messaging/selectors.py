@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from django.db.models import Count, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from apps.accounts.models import PartyKind, User
+from apps.common.ids import parse_uuid
 
 from .models import Broadcast, DeadLetter, DeliveryAttempt, Message, Status
 
 UNDELIVERED = (Status.QUEUED, Status.PENDING, Status.SENT)
-
-
-def parse_uuid(value: object) -> uuid.UUID | None:
-    """Return `value` as a UUID, or None when it is not one."""
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except (TypeError, ValueError, AttributeError):
-        return None
 
 
 def message_list_for_sender(

@@ -22,16 +22,17 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Prefetch, Q, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
+from apps.accounts import presence
 from apps.accounts.models import MobileUser, PartyKind, User
+from apps.common import bridge
+from apps.common.backoff import retries_exhausted, retry_delay
+from apps.common.logging import get_correlation_id
 from apps.common.pgcopy import copy_insert
 from apps.devices.services import push_schedule
 from apps.media.models import Media
 from apps.media.services import media_attach
-from apps.ops.logging import get_correlation_id
-from apps.realtime import bridge, presence
 
 from . import lifecycle, outgoing
-from .backoff import retries_exhausted, retry_delay
 from .dispatch import messages_dispatch
 from .errors import IdempotencyKeyInFlight, IdempotencyKeyMismatch, RecipientNotFound
 from .models import (

@@ -9,13 +9,9 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.db import InterfaceError as DatabaseInterfaceError
-from django.db import OperationalError as DatabaseOperationalError
-from kombu.exceptions import OperationalError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from apps.ops.logging import correlation_context
+from apps.common.logging import correlation_context
+from apps.common.transient import TRANSIENT
 
 from . import bulk, services
 
@@ -24,15 +20,6 @@ logger = logging.getLogger(__name__)
 # Infrastructure hiccups (database, channel layer or Redis unreachable) are retried with
 # backoff; the message's own status is untouched by them, so the sweeps still cover a task
 # that gives up.
-TRANSIENT = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    OperationalError,
-    DatabaseOperationalError,
-    DatabaseInterfaceError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 @shared_task(

@@ -6,7 +6,7 @@ import re
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-from .logging import correlation_context
+from apps.common.logging import correlation_context
 
 HEADER = "HTTP_X_CORRELATION_ID"
 _VALID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -16,21 +16,21 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from apps.accounts import presence
 from apps.accounts.models import MobileUser, PartyKind, User
+from apps.common.bridge import party_group
 from apps.common.errors import DomainError
+from apps.common.logging import correlation_context
 from apps.conversations.models import ConversationStatus
 from apps.conversations.selectors import conversation_for
 from apps.conversations.services import conversation_message_send
 from apps.messaging import services
 from apps.messaging.flow import sends_admit
+from apps.messaging.frames import message_payload
 from apps.messaging.inputs import ChatSendInputSerializer, first_error
 from apps.messaging.models import Status
 from apps.messaging.selectors import parse_uuid
-from apps.ops.logging import correlation_context
 
-from . import presence
-from .bridge import party_group
-from .frames import message_payload
 from .receipts import receipt_apply
 
 logger = logging.getLogger(__name__)

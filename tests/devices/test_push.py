@@ -10,12 +10,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.utils import timezone
 
+from apps.accounts import presence
 from apps.devices import services as push
 from apps.devices.models import DeviceToken, PushHold, PushPreferences
 from apps.devices.services import device_register, preferences_update
 from apps.messaging import services
 from apps.messaging.models import Channel, DeliveryAttempt, Message, Outcome, Status
-from apps.realtime import presence
 from tests.sockets import socket_open, socket_receive
 
 from .conftest import queued_tasks

@@ -11,8 +11,8 @@ import itertools
 
 import pytest
 
+from apps.accounts import presence
 from apps.accounts.models import PartyKind
-from apps.realtime import presence
 
 from .harness import MobileSocket
 

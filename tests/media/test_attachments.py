@@ -15,9 +15,9 @@ from apps.media import tasks
 from apps.media.models import Media, MediaStatus
 from apps.messaging import services as messaging
 from apps.messaging.errors import MediaNotFound
+from apps.messaging.frames import message_payload
 from apps.messaging.models import Message
 from apps.messaging.selectors import undelivered_for_recipient
-from apps.realtime.frames import message_payload
 from tests.concurrency import run_together
 
 from .conftest import image_bytes, pdf_bytes, sample, upload

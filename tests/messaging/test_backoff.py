@@ -7,7 +7,7 @@ from django.test import override_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apps.messaging.backoff import retries_exhausted, retry_delay
+from apps.common.backoff import retries_exhausted, retry_delay
 
 bases = st.sampled_from([0.5, 1, 2, 3])
 caps = st.sampled_from([1, 10, 60, 300, 3600])

@@ -11,13 +11,13 @@ import pytest
 from channels.layers import channel_layers
 from django.utils import timezone
 
+from apps.accounts import presence
 from apps.accounts.models import PartyKind
 from apps.common import breaker as breakers
 from apps.common.breaker import CircuitOpen
 from apps.conversations.services import conversation_message_send
 from apps.messaging import bulk, services
 from apps.messaging.models import DeliveryAttempt, Message, Outcome, Status
-from apps.realtime import presence
 from tests.factories import ConversationFactory, MobileUserFactory
 from tests.messaging.test_delivery import _connect, _delivered_ids, _receive
 from tests.sockets import event_payloads, socket_open

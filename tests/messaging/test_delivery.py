@@ -8,10 +8,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from apps.accounts import presence
 from apps.accounts.models import MobileUser
+from apps.common import bridge
 from apps.messaging import outgoing, services
 from apps.messaging.models import Channel, DeadLetter, DeliveryAttempt, Message, Outcome, Status
-from apps.realtime import bridge, presence
 from tests.factories import MessageFactory
 from tests.sockets import event_payloads, socket_open, socket_receive
 

@@ -215,7 +215,7 @@ def test_every_transition_is_logged_once_with_its_source_target_and_reason(sende
 def test_a_status_line_carries_the_correlation_id_of_the_request_that_sent_the_message(
     sender, mobile_user, caplog
 ):
-    from apps.ops.logging import CorrelationIdFilter, correlation_context
+    from apps.common.logging import CorrelationIdFilter, correlation_context
 
     sent_by_request = MessageFactory(sender=sender, recipient=mobile_user, correlation_id="req-1")
     without_one = MessageFactory(sender=sender, recipient=mobile_user, correlation_id="")

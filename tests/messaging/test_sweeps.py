@@ -10,6 +10,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
+from apps.accounts import presence
 from apps.messaging import relay, services
 from apps.messaging.models import (
     Channel,
@@ -21,7 +22,6 @@ from apps.messaging.models import (
     Priority,
     Status,
 )
-from apps.realtime import presence
 from tests.concurrency import run_together
 from tests.factories import MessageFactory, MobileUserFactory, SenderFactory
 from tests.messaging.test_send import dispatched_ids, queued_tasks

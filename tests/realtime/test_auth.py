@@ -6,10 +6,10 @@ import time
 
 import pytest
 
+from apps.accounts import presence
 from apps.accounts.services import TICKET_PREFIX, realtime_ticket_issue, token_create
 from apps.messaging import services
 from apps.messaging.models import DeliveryAttempt, Message, Status
-from apps.realtime import presence
 
 from .conftest import (
     REFUSED_CLOSE_TIMEOUT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from apps.common import breaker as breakers
-from apps.realtime import bridge
+from apps.common import bridge
 from tests.sockets import socket_open, socket_receive
 
 GROUPS = 300

@@ -17,6 +17,7 @@ from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
+from apps.accounts import presence
 from apps.accounts.models import PartyKind, User
 from apps.accounts.services import token_create
 from apps.conversations.models import Conversation, ConversationStatus
@@ -24,11 +25,10 @@ from apps.conversations.services import conversation_close, conversation_message
 from apps.media.services import media_upload
 from apps.messaging import flow, services
 from apps.messaging.content import MAX_CONTENT_LENGTH
+from apps.messaging.frames import message_payload
 from apps.messaging.models import Kind, Message, Status
 from apps.messaging.selectors import with_parties
-from apps.realtime import presence
 from apps.realtime.consumers import TYPING_BURST
-from apps.realtime.frames import message_payload
 from tests.factories import ConversationFactory, SenderFactory
 
 from .conftest import (

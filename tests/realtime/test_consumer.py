@@ -14,15 +14,15 @@ import pytest
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
+from apps.accounts import presence
 from apps.accounts.models import PartyKind
+from apps.common.bridge import party_group
+from apps.common.logging import correlation_context
 from apps.messaging import services
+from apps.messaging.frames import message_frame, message_payload
 from apps.messaging.models import Channel, DeliveryAttempt, Message, Outcome, Status
 from apps.messaging.outgoing import encode_frame
-from apps.ops.logging import correlation_context
-from apps.realtime import presence
-from apps.realtime.bridge import party_group
 from apps.realtime.consumers import MAX_IDS_PER_FRAME
-from apps.realtime.frames import message_frame, message_payload
 from tests.factories import MessageFactory
 
 from .conftest import QUIET, async_test, db, mobile_socket, receive, receive_messages, round_trip, send_frame

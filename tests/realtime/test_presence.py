@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from apps.accounts import presence
 from apps.common.redis import redis_client
-from apps.realtime import presence
 
 NOW = 1_800_000_000.0
 USER = 7

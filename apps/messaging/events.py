@@ -11,7 +11,8 @@ import logging
 from collections import defaultdict
 from datetime import datetime
 
-from . import bridge
+from apps.common import bridge
+
 from .frames import status_frame
 
 logger = logging.getLogger(__name__)

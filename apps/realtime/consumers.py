@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 
 from apps.accounts.models import MobileUser, PartyKind, User
+from apps.common import metrics
 from apps.conversations.models import ConversationStatus
 from apps.conversations.selectors import conversation_for
 from apps.conversations.services import conversation_message_send
@@ -89,6 +90,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         self.kind = principal.party_kind
         self.user_id = principal.pk
         self.group = party_group(self.kind, principal.pk)
+        metrics.websocket_connections(1)
         self.catchup_ids: set[str] = set()
         self.last_beat = 0.0
         self.can_chat = await in_db_pool(self._can_chat)()
@@ -110,6 +112,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if not hasattr(self, "group"):
             return
+        metrics.websocket_connections(-1)
         await self.channel_layer.group_discard(self.group, self.channel_name)
         await in_db_pool(self._forget_connection)()
 

@@ -12,12 +12,13 @@ CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "messaging.con
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 
-def nginx_conf(tmp_path: Path) -> Path:
-    """Write a main config that includes the shipped one, with every path under `tmp_path`."""
+def nginx_conf(tmp_path: Path, include: Path = CONF) -> Path:
+    """Write a main config that includes `include`, with every path under `tmp_path`."""
     conf = tmp_path / "nginx.conf"
     conf.write_text(
         f"""
 pid {tmp_path}/nginx.pid;
+daemon off;
 error_log {tmp_path}/error.log;
 events {{}}
 http {{
@@ -27,7 +28,7 @@ http {{
     fastcgi_temp_path {tmp_path}/fastcgi;
     uwsgi_temp_path {tmp_path}/uwsgi;
     scgi_temp_path {tmp_path}/scgi;
-    include {CONF};
+    include {include};
 }}
 """
     )

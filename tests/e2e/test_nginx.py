@@ -58,3 +58,6 @@ def test_message_sent_through_nginx_arrives_on_a_socket_through_nginx(e2e, nginx
     assert response.status == 202, response
     [frame] = socket.wait_for(lambda s: s.messages(), timeout=15, what="the message through nginx")
     assert (frame["id"], frame["content"]) == (response.body["id"], "via nginx")
+    # The socket's ack came back through nginx too; waiting for it also lets the stack finish
+    # writing before the tables are truncated.
+    e2e.wait_status(sender, [frame["id"]], "delivered")

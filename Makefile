@@ -50,6 +50,7 @@ services-run: venv
 	scripts/ensure_services.sh "$${args[@]}"
 
 services-test: venv-dev
+	@scripts/ensure_tools.sh
 	@scripts/ensure_services.sh --postgres "$(TEST_DATABASE_URL)" --redis "$(TEST_REDIS_URL)"
 
 migrate: venv

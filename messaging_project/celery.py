@@ -4,7 +4,7 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import beat_init, task_postrun, task_prerun
+from celery.signals import beat_init, task_postrun, task_prerun, worker_process_shutdown
 from kombu import Queue
 from kombu.transport import redis as redis_transport
 
@@ -38,6 +38,14 @@ def _start_outbox_relay(sender=None, **_kwargs) -> None:
     from apps.messaging.relay import relay_start
 
     relay_start()
+
+
+@worker_process_shutdown.connect
+def _metrics_process_dead(**_kwargs) -> None:
+    """Take a pool process's live gauges out of the host's sums as it exits (atexit may not run)."""
+    from apps.common.multiproc import process_exit_mark
+
+    process_exit_mark()
 
 
 logger = logging.getLogger(__name__)

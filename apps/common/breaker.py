@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from . import metrics
 from .redis import redis_client
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class CircuitBreaker:
         self.keys = [f"breaker:{name}", f"breaker:{name}:calls", f"breaker:{name}:trial"]
 
     def _remember(self, state: str) -> None:
+        metrics.breaker_state(self.name, state != CLOSED)
         if state == CLOSED:
             _closed_until[self.name] = time.monotonic() + CLOSED_CACHE_SECONDS
         else:
@@ -175,6 +177,7 @@ class CircuitBreaker:
         """Close the breaker and forget its history (operators, tests)."""
         redis_client().delete(*self.keys)
         _closed_until.pop(self.name, None)
+        metrics.breaker_state(self.name, False)
 
     @contextmanager
     def guard(self) -> Iterator[None]:

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from apps.accounts import presence
 from apps.accounts.models import MobileUser
+from apps.common import metrics
 from apps.common.backoff import retry_delay
 from apps.common.redis import redis_client
 from apps.messaging.models import Channel, DeliveryAttempt, Message, Outcome, Status
@@ -214,6 +215,8 @@ def push_send(
         )
         for r in results
     )
+    for r in results:
+        metrics.push_sent(platform=platforms[r.device_id], outcome=r.verdict)
     report = PushReport(results=results)
     report.retry_device_ids = tokens_update(results, now=now)
     if report.retry_device_ids:

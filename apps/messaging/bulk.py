@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from apps.accounts import presence
 from apps.accounts.models import MobileUser, PartyKind, User
+from apps.common import metrics
 from apps.common.logging import get_correlation_id
 from apps.common.pgcopy import copy_insert, copy_rows
 from apps.devices.services import push_schedule
@@ -178,8 +179,15 @@ def messages_send_batch(*, sender: User, items: list[dict]) -> list[StoredMessag
         copy_rows(Message, BATCH_COLUMNS, rows)
         _attach_all(sender, items, messages)
         relay_notify()
+        by_priority = Counter(m.priority for m in messages)
+        transaction.on_commit(lambda: _count_accepted(by_priority))
     logger.info("message.batch_accepted", extra={"count": len(messages)})
     return messages
+
+
+def _count_accepted(by_priority: Counter) -> None:
+    for priority, count in by_priority.items():
+        metrics.messages_accepted(kind=Kind.ONE_WAY.value, priority=priority, count=count)
 
 
 def messages_send_batch_idempotent(
@@ -439,6 +447,10 @@ def broadcast_expand_chunk(*, broadcast_id: str | uuid.UUID, after: int) -> int 
         Broadcast.objects.filter(pk=broadcast.pk, expanded_through=after).update(**changes)
         if messages:
             relay_notify()
+            count, priority = len(messages), str(broadcast.priority)
+            transaction.on_commit(
+                lambda: metrics.messages_accepted(kind=Kind.ONE_WAY.value, priority=priority, count=count)
+            )
         if more:
             transaction.on_commit(lambda: _enqueue_expand(broadcast.pk, cursor))
     logger.info("broadcast.expanded_chunk", extra={"broadcast_id": str(broadcast_id), "count": len(messages)})

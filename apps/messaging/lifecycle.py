@@ -22,6 +22,7 @@ from django.db.models.sql.subqueries import UpdateQuery
 from django.utils import timezone
 
 from apps.accounts.models import PartyKind
+from apps.common import metrics
 from apps.messaging import events
 
 from .models import Kind, Message, Status
@@ -43,6 +44,8 @@ ALLOWED_SOURCES: dict[str, frozenset[str]] = {
 }
 
 TERMINAL = frozenset({Status.READ, Status.FAILED})
+# The statuses counted by messaging_messages_*_total (apps.common.metrics).
+COUNTED = frozenset({Status.DELIVERED, Status.READ, Status.FAILED})
 # The statuses a chat message's author hears about in `status` frames.
 REPORTED = frozenset({Status.SENT, Status.DELIVERED, Status.READ, Status.FAILED})
 
@@ -74,6 +77,7 @@ class _Row:
     sender_mobile_id: int | None
     recipient_id: int | None
     correlation_id: str
+    created_at: datetime
 
     @property
     def author(self) -> tuple[str, int]:
@@ -139,6 +143,12 @@ def transition(
         chat = [row for row in rows if row.kind == Kind.CHAT]
         if chat:
             _chat_consequences(chat, to=to, now=now)
+        if to in COUNTED:
+            accepted_at = [row.created_at for row in rows] if to == Status.DELIVERED else []
+            label = _reason_label(reason)
+            transaction.on_commit(
+                lambda: metrics.messages_moved(to=to, count=len(rows), reason=label, accepted_at=accepted_at)
+            )
     if updated != len(rows):  # only possible without row locks (SQLite); the CAS still held
         logger.warning("message.transition_raced", extra={"expected": len(rows), "updated": updated})
     if logger.isEnabledFor(logging.INFO):  # skip building a record per row when nobody reads it
@@ -166,6 +176,7 @@ _RETURNED = (
     "sender_mobile_id",
     "recipient_id",
     "correlation_id",
+    "created_at",
 )
 
 
@@ -195,7 +206,7 @@ def _move_in_one_statement(messages: QuerySet[Message], sources: frozenset[str],
         cursor.execute(sql, [*inner_params, list(sources), *update_params])
         found = cursor.fetchall()
     found.sort(key=lambda r: r[0])
-    return [_Row(r[0], r[7], r[1], r[2], r[3], r[4], r[5], r[6]) for r in found]
+    return [_Row(r[0], r[8], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in found]
 
 
 def _move_locked_then_update(
@@ -216,12 +227,27 @@ def _move_locked_then_update(
             "sender_mobile_id",
             "recipient_id",
             "correlation_id",
+            "created_at",
         )
     ]
     if not rows:
         return [], 0
     updated = Message.objects.filter(pk__in=[row.id for row in rows], status__in=sources).update(**values)
     return rows, updated
+
+
+def _reason_label(reason: str) -> str:
+    """Return a failure reason as a metric label: a few fixed values, never free text."""
+    if not reason:
+        return ""
+    for prefix, label in (
+        ("no ack", "ack_timeout"),
+        ("expired", "expired"),
+        ("recipient", "recipient_inactive"),
+    ):
+        if reason.startswith(prefix):
+            return label
+    return "other"
 
 
 def _chat_consequences(rows: list[_Row], *, to: str, now: datetime) -> None:

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from apps.accounts import presence
 from apps.accounts.models import MobileUser, PartyKind, User
-from apps.common import bridge
+from apps.common import bridge, metrics
 from apps.common.backoff import retries_exhausted, retry_delay
 from apps.common.logging import get_correlation_id
 from apps.common.pgcopy import copy_insert
@@ -180,6 +180,8 @@ def _message_store(
             return False
         media_attach(message=message, uploader=uploader, media_ids=media_ids)
         relay_notify()
+        kind, priority = str(message.kind), str(message.priority)
+        transaction.on_commit(lambda: metrics.messages_accepted(kind=kind, priority=priority))
     if not media_ids:
         # Nothing attached: the caller's representation needs no query to learn that.
         prefetch_related_objects([message], Prefetch("attachments", queryset=Media.objects.none()))

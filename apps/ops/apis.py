@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
+from django.db import DatabaseError
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
+from apps.common import multiproc
 from apps.messaging.models import DeadLetter, Message, Status
 
 from .health import breaker_states, run_checks
@@ -13,6 +22,10 @@ from .health import breaker_states, run_checks
 
 def live(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
+
+
+BACKLOG_STATUSES = (Status.QUEUED, Status.PENDING, Status.SENT)
+BACKLOG_CACHE_SECONDS = 1.0
 
 
 def ready(request: HttpRequest) -> JsonResponse:
@@ -47,22 +60,64 @@ def ready(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok", "checks": checks, "breakers": breakers})
 
 
+class BacklogCollector(Collector):
+    """Yield messaging_backlog{status} and messaging_dead_letters, counted at scrape time.
+
+    The counts are the database's, the same from every host; each process keeps them for
+    BACKLOG_CACHE_SECONDS so that scrapes in quick succession cost no query.
+    """
+
+    _cached: tuple[float, dict[str, int], int] | None = None
+
+    def counts(self) -> tuple[dict[str, int], int]:
+        now = time.monotonic()
+        cached = BacklogCollector._cached
+        if cached is not None and now - cached[0] < BACKLOG_CACHE_SECONDS:
+            return cached[1], cached[2]
+        by_status = dict(
+            Message.objects.filter(status__in=BACKLOG_STATUSES)
+            .order_by()
+            .values_list("status")
+            .annotate(n=Count("pk"))
+        )
+        dead_letters = DeadLetter.objects.count()
+        BacklogCollector._cached = (now, by_status, dead_letters)
+        return by_status, dead_letters
+
+    def collect(self):
+        by_status, dead_letters = self.counts()
+        backlog = GaugeMetricFamily("messaging_backlog", "Undelivered messages by status", labels=["status"])
+        for status in BACKLOG_STATUSES:
+            backlog.add_metric([str(status)], by_status.get(status, 0))
+        yield backlog
+        yield GaugeMetricFamily("messaging_dead_letters", "Dead letters awaiting review", value=dead_letters)
+
+
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Expose backlog gauges read from the database at scrape time (Prometheus text format)."""
+    """Expose what every process of this host recorded, plus the backlog, in Prometheus text.
+
+    The readiness checks run too (messaging_dependency_up), so a scrape sees a dependency go
+    down even when nothing polls /health/ready; if the database is down, the backlog is left out
+    rather than failing the scrape.
+    """
+    run_checks()
     registry = CollectorRegistry()
-    by_status = Gauge("messaging_messages", "Undelivered messages by status", ["status"], registry=registry)
-    counts = dict(
-        Message.objects.filter(status__in=[Status.QUEUED, Status.PENDING, Status.SENT])
-        .order_by()
-        .values_list("status")
-        .annotate(n=Count("pk"))
-    )
-    for status in (Status.QUEUED, Status.PENDING, Status.SENT):
-        by_status.labels(status=status).set(counts.get(status, 0))
-    Gauge("messaging_dead_letters", "Dead letters awaiting review", registry=registry).set(
-        DeadLetter.objects.count()
-    )
-    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    directory = os.environ.get(multiproc.ENV)
+    if directory:
+        multiproc.dead_processes_mark(Path(directory))
+        MultiProcessCollector(registry, path=directory)
+    else:
+        registry = REGISTRY
+    body = generate_latest(registry)
+    try:
+        body += generate_latest(_backlog_registry)
+    except DatabaseError:
+        BacklogCollector._cached = None
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+
+
+_backlog_registry = CollectorRegistry()
+_backlog_registry.register(BacklogCollector())
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

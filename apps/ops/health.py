@@ -10,7 +10,7 @@ from channels.layers import get_channel_layer
 from django.core.files.storage import default_storage
 from django.db import connection
 
-from apps.common import breaker
+from apps.common import breaker, metrics
 from apps.common.redis import redis_client
 from messaging_project.celery import app as celery_app
 
@@ -59,7 +59,7 @@ CHECKS: dict[str, Callable[[], None]] = {
 
 
 def run_checks() -> dict[str, str]:
-    """Return each check's result: "ok" or the error that made it fail."""
+    """Return each check's result: "ok" or the error that made it fail; record it as a gauge."""
     results = {}
     for name, check in CHECKS.items():
         try:
@@ -68,6 +68,7 @@ def run_checks() -> dict[str, str]:
             results[name] = f"failed: {exc.__class__.__name__}: {exc}"[:300]
         else:
             results[name] = "ok"
+        metrics.dependency_up(name, results[name] == "ok")
     return results
 
 

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from apps.accounts import presence
 from apps.accounts.models import MobileUser, PartyKind, User
+from apps.common import metrics
 from apps.common.bridge import party_group
 from apps.common.errors import DomainError
 from apps.common.logging import correlation_context
@@ -80,6 +81,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         self.kind = principal.party_kind
         self.user_id = principal.pk
         self.group = party_group(self.kind, principal.pk)
+        metrics.websocket_connections(1)
         self.catchup_ids: set[str] = set()
         self.last_beat = 0.0
         self.can_chat = await in_db_pool(self._can_chat)()
@@ -101,6 +103,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if not hasattr(self, "group"):
             return
+        metrics.websocket_connections(-1)
         await self.channel_layer.group_discard(self.group, self.channel_name)
         await in_db_pool(self._forget_connection)()
 

@@ -8,6 +8,11 @@ BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
 
+# Prometheus multiprocess mode: every process of a host writes its samples here and /metrics
+# sums them (apps/common/metrics.py). Each environment's settings hand it to
+# apps.common.multiproc.metrics_directory_use, before anything imports prometheus_client.
+PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", default=str(BASE_DIR / ".run" / "prometheus"))
+
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="")
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
@@ -34,6 +39,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that it times the whole chain and sees the status the client gets.
+    "apps.ops.metrics_middleware.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "apps.ops.middleware.CorrelationIdMiddleware",

@@ -1,5 +1,7 @@
 """Production: everything comes from the environment and missing secrets fail loudly."""
 
+from apps.common.multiproc import metrics_directory_use
+
 from .base import *  # noqa: F403
 from .base import env, with_connection_pool
 
@@ -13,3 +15,4 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
+PROMETHEUS_MULTIPROC_DIR = metrics_directory_use(PROMETHEUS_MULTIPROC_DIR)  # noqa: F405

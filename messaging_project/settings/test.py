@@ -1,5 +1,13 @@
 """Test settings: PostgreSQL and Redis are real (see tests/conftest.py)."""
 
+import atexit
+import os
+import shutil
+import tempfile
+
+from apps.common.multiproc import ENV as METRICS_ENV
+from apps.common.multiproc import metrics_directory_use
+
 from .base import *  # noqa: F403
 from .base import env, with_connection_pool
 
@@ -26,3 +34,14 @@ MESSAGING_RATE_LIMITS_ENABLED = env.bool("MESSAGING_RATE_LIMITS_ENABLED", defaul
 MESSAGING_RELAY_ON_COMMIT = env.bool("MESSAGING_RELAY_ON_COMMIT", default=True)
 # Tests deactivate users and revoke tokens and expect it at once (tests/accounts turns it on).
 AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=0)
+
+# Metrics go to a temporary directory of this test run, shared with the processes it starts
+# (the end-to-end stack inherits the environment); the process that made it removes it.
+if env(METRICS_ENV, default=""):
+    PROMETHEUS_MULTIPROC_DIR = metrics_directory_use(env(METRICS_ENV))
+else:
+    PROMETHEUS_MULTIPROC_DIR = metrics_directory_use(tempfile.mkdtemp(prefix="messaging-metrics-"))
+    _metrics_owner = os.getpid()
+    atexit.register(
+        lambda: os.getpid() == _metrics_owner and shutil.rmtree(PROMETHEUS_MULTIPROC_DIR, ignore_errors=True)
+    )

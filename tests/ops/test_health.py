@@ -113,17 +113,17 @@ def test_metrics_exposes_backlog_gauges_in_prometheus_text(anonymous_client):
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
     text = response.content.decode()
-    assert "# TYPE messaging_messages gauge" in text
-    assert 'messaging_messages{status="queued"} 2.0' in text
-    assert 'messaging_messages{status="pending"} 0.0' in text
-    assert 'messaging_messages{status="sent"} 0.0' in text
+    assert "# TYPE messaging_backlog gauge" in text
+    assert 'messaging_backlog{status="queued"} 2.0' in text
+    assert 'messaging_backlog{status="pending"} 0.0' in text
+    assert 'messaging_backlog{status="sent"} 0.0' in text
     assert "messaging_dead_letters 1.0" in text
 
 
 def test_metrics_of_an_empty_system_are_zero_not_missing(anonymous_client):
     text = anonymous_client.get("/metrics").content.decode()
 
-    assert 'messaging_messages{status="queued"} 0.0' in text
+    assert 'messaging_backlog{status="queued"} 0.0' in text
     assert "messaging_dead_letters 0.0" in text
 
 

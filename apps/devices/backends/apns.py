@@ -1,7 +1,7 @@
 """iOS pushes through aioapns (token-based auth, HTTP/2 over TLS).
 
 aioapns is asyncio-only and keeps HTTP/2 connections open, so each process keeps one event
-loop in a daemon thread (as apps/realtime/bridge.py does for the channel layer) with one APNs
+loop in a daemon thread (as apps/common/bridge.py does for the channel layer) with one APNs
 client living on it; synchronous callers submit sends to that loop and wait with a timeout.
 The client connects to APNS_ENDPOINT (host:port; Apple's host by default) and trusts
 APNS_CA_FILE when set, the system CAs otherwise.

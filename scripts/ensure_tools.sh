@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install the optional test tools from Debian (nginx-light for `nginx -t` and the nginx test,
+# prometheus for `promtool check rules`) when running as root with apt; otherwise do nothing:
+# the tests that need them are skipped with the reason.
+set -uo pipefail
+
+missing=()
+[[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+((${#missing[@]})) || exit 0
+if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    exit 0
+fi
+echo "ensure_tools: installing ${missing[*]}" >&2
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
+    echo "ensure_tools: could not install ${missing[*]}; their tests will be skipped" >&2
+exit 0

@@ -1,0 +1,47 @@
+"""The shipped alerting rules: valid for promtool, and built only of metrics /metrics exposes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from apps.common import breaker, metrics
+
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
+METRIC_NAME = re.compile(r"\bmessaging_[a-z_]+\b")
+
+
+def rule_expressions() -> list[str]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule["expr"] for group in groups for rule in group["rules"]]
+
+
+def exposed_names(text: str) -> set[str]:
+    return {
+        line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")
+    }
+
+
+def test_every_metric_an_alert_uses_is_exposed_after_some_traffic(anonymous_client, db, redis):
+    metrics.messages_moved(to="delivered", count=1, accepted_at=[datetime.now(UTC)])
+    metrics.messages_moved(to="failed", count=1, reason="expired")
+    breaker.breaker(breaker.PUSH_FCM).reset()
+    anonymous_client.get("/health/live")
+    text = anonymous_client.get("/metrics").content.decode()
+
+    used = {name for expr in rule_expressions() for name in METRIC_NAME.findall(expr)}
+
+    assert used, "no metric found in the rules"
+    assert used - exposed_names(text) == set()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool absent (apt-get install prometheus)")
+def test_promtool_accepts_the_rules():
+    result = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -62,6 +62,11 @@ class BenchStack(Stack):
         # As base.py's default (settings.test turns the token cache off for its unit tests).
         self.env.setdefault("AUTH_TOKEN_CACHE_SECONDS", "10")
         self.env.setdefault("DJANGO_SECRET_KEY", "bench-only-" + secrets.token_urlsafe(32))
+        # One metrics directory for every process of the stack, as on a production host, so
+        # that recording costs what it costs there and /metrics sums them all.
+        metrics_dir = workdir / "prometheus"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        self.env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
     def wait_worker_ready(self) -> None:
         """Wait for the worker's "ready." line or, failing that (log level), its answer to a ping."""

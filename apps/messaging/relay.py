@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 CHANNEL = "messaging:outbox"
 WAKE_SLICE = 0.5
 LANE_RECHECK_SECONDS = 0.005
+LANE_RECHECK_MAX_SECONDS = 0.1
 
 
 def relay_notify() -> None:
@@ -165,6 +166,7 @@ class Relay:
         try:
             self._round()  # whatever was committed before we listened
             next_poll = time.monotonic() + poll
+            recheck = LANE_RECHECK_SECONDS
             while not self._stop.is_set():
                 # Wake on a notification, or when the poll interval is over; look at the stop
                 # flag at least every WAKE_SLICE seconds.
@@ -174,8 +176,10 @@ class Relay:
                     while subscription.get_message(timeout=0) is not None:
                         pass  # one round serves every commit announced so far
                     waiting = self._round()
-                    # A lane held back is looked at again soon, whether or not more arrives.
-                    next_poll = time.monotonic() + (LANE_RECHECK_SECONDS if waiting else poll)
+                    # A lane held back is looked at again soon, whether or not more arrives;
+                    # the longer it stays held (workers busy or stopped), the less often.
+                    next_poll = time.monotonic() + (recheck if waiting else poll)
+                    recheck = min(recheck * 2, LANE_RECHECK_MAX_SECONDS) if waiting else LANE_RECHECK_SECONDS
         finally:
             subscription.close()
 

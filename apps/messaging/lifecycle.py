@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from apps.accounts.models import PartyKind
 from apps.common import metrics
-from apps.messaging import events
+from apps.messaging import events, hooks
 
 from .models import Kind, Message, Status
 
@@ -143,6 +143,7 @@ def transition(
         chat = [row for row in rows if row.kind == Kind.CHAT]
         if chat:
             _chat_consequences(chat, to=to, now=now)
+        hooks.status_changed(hooks.StatusChange(rows, status=to, at=now, reason=reason))
         if to in COUNTED:
             accepted_at = [row.created_at for row in rows] if to == Status.DELIVERED else []
             label = _reason_label(reason)

@@ -32,7 +32,7 @@ from apps.devices.services import push_schedule
 from apps.media.models import Media
 from apps.media.services import media_attach
 
-from . import lifecycle, outgoing
+from . import hooks, lifecycle, outgoing
 from .dispatch import messages_dispatch
 from .errors import IdempotencyKeyInFlight, IdempotencyKeyMismatch, RecipientNotFound
 from .models import (
@@ -148,6 +148,8 @@ def chat_message_store(
         attachment_ids=attachment_ids,
     ):
         raise RecipientNotFound("The other participant of this conversation is no longer active.")
+    if by_mobile:
+        hooks.chat_received(hooks.ChatReceived(message.pk, recipient.pk, conversation_id, message.created_at))
     return message
 
 

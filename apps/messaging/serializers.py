@@ -36,6 +36,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "failure_reason",
             "ttl_seconds",
             "expires_at",
+            "send_at",
             "created_at",
             "sent_at",
             "delivered_at",

@@ -49,7 +49,10 @@ class SendAtField(serializers.DateTimeField):
     def to_internal_value(self, value):
         if not isinstance(value, str):
             self.fail("invalid")
-        parsed = parse_datetime(value.strip()) if len(value) <= 64 else None
+        try:
+            parsed = parse_datetime(value.strip()) if len(value) <= 64 else None
+        except ValueError:  # well formed, out of range (month 13)
+            parsed = None
         if parsed is None:
             self.fail("invalid")
         if parsed.tzinfo is None:

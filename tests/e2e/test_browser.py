@@ -50,13 +50,18 @@ def browser(shared_stack) -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser, e2e: E2E):
-    context = browser.new_context(base_url=e2e.stack.base_url)
+def page(request, browser, e2e: E2E):
+    context = browser.new_context(base_url=e2e.stack.base_url, viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(PAGE_TIMEOUT_MS)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     yield page
+    call = getattr(request.node, "report_call", None)
+    if call is not None and call.failed:
+        shot = e2e.stack.workdir / f"{request.node.name}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot of the page: {shot}")
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
 

@@ -88,6 +88,7 @@
     text("value-connections", now.connections);
     text("value-dead-letters", now.dead_letters);
     text("latency-window", answer.latency_window_seconds);
+    text("host", answer.host);
     var list = document.getElementById("breakers");
     list.textContent = "";
     Object.keys(now.breakers).sort().forEach(function (name) {

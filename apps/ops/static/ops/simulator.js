@@ -293,9 +293,8 @@
 
   // --- wiring ------------------------------------------------------------------------------
 
-  $("connect").addEventListener("click", connect);
+  $("connect-form").addEventListener("submit", function (e) { e.preventDefault(); connect(); });
   $("offline").addEventListener("click", goOffline);
-  $("token").addEventListener("keydown", function (e) { if (e.key === "Enter") connect(); });
   $("ack-all").addEventListener("click", function () { ack(pendingRows(["received"])); render(); });
   $("read-all").addEventListener("click", function () { read(pendingRows(["received", "acked"])); render(); });
   $("load-conversations").addEventListener("click", loadConversations);

@@ -12,11 +12,12 @@ every viewer sees the same figures, a page opened now already shows the last two
 the browser only draws. A counter that went down (processes restarted with an empty directory)
 is read as a reset, as Prometheus does.
 
-Cost: however many operators watch, a sample is taken at most once per INTERVAL_SECONDS per
-host. The finished answer is cached in Redis for one interval; a viewer that finds it expired
-takes a short lock and computes; viewers that lose the race get the previous answer at once
-(at most one interval older) rather than waiting or computing. Samples are per host (the
-Prometheus directory is), so several web hosts never mix their counters.
+Cost: however many operators watch, a sample is taken at most once per interval
+(OPS_DASHBOARD_INTERVAL_SECONDS, 1 s) per host. The finished answer is cached in Redis for one
+interval; a viewer that finds it expired takes a short lock and computes; viewers that lose the
+race get the previous answer at once (at most one interval older) rather than waiting or
+computing. Samples are per host (the Prometheus directory is), so several web hosts never mix
+their counters.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Count, Value
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -42,14 +44,13 @@ from apps.common import breaker, metrics, multiproc
 from apps.common.redis import redis_client
 from apps.messaging.models import DeadLetter, Message, Status
 
-INTERVAL_SECONDS = 1.0
 HISTORY_SECONDS = 120
 LATENCY_WINDOW_SECONDS = 10
 # A computation that takes longer than this (a hung database) lets another viewer try.
 LOCK_SECONDS = 5
 # Only the very first viewer of a host (no previous answer to fall back to) waits this long for
 # the computing one.
-FIRST_WAIT_SECONDS = 2
+FIRST_WAIT_SECONDS = LOCK_SECONDS
 MAX_SAMPLES = 4 * HISTORY_SECONDS
 PERCENTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 # Undelivered work by status; `scheduled` counts once the scheduled-send status exists.
@@ -68,6 +69,11 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+def interval_seconds() -> float:
+    """Return how long one computation serves every viewer (and how often the page polls)."""
+    return settings.OPS_DASHBOARD_INTERVAL_SECONDS
 
 
 def _keys() -> dict[str, str]:
@@ -216,7 +222,7 @@ def figures(samples: list[dict]) -> dict:
     return {
         "generated_at": datetime.fromtimestamp(latest["t"], UTC).isoformat(),
         "sample": latest.get("id"),
-        "interval_seconds": INTERVAL_SECONDS,
+        "interval_seconds": interval_seconds(),
         "history_seconds": HISTORY_SECONDS,
         "latency_window_seconds": LATENCY_WINDOW_SECONDS,
         "host": socket.gethostname(),
@@ -252,7 +258,7 @@ def _compute_and_publish(client, keys: dict[str, str]) -> dict:
     answer = figures(_recent(client.lrange(keys["samples"], 0, -1), sample["t"]))
     body = json.dumps(answer)
     pipe = client.pipeline(transaction=False)
-    pipe.set(keys["current"], body, px=int(INTERVAL_SECONDS * 1000))
+    pipe.set(keys["current"], body, px=max(1, int(interval_seconds() * 1000)))
     pipe.set(keys["last"], body, ex=HISTORY_SECONDS)
     pipe.execute()
     return answer
@@ -278,12 +284,13 @@ def _shared_stats() -> dict:
             return _compute_and_publish(client, keys)
         finally:
             client.eval(_RELEASE, 1, keys["lock"], token)
-    # Someone else is computing this interval's figures: the previous ones will do.
+    # Someone else is computing this interval's figures: the previous ones will do (only the
+    # first viewer of a host, with nothing previous, waits for them).
     last = client.get(keys["last"])
     deadline = time.monotonic() + FIRST_WAIT_SECONDS
     while last is None and time.monotonic() < deadline:
         time.sleep(0.05)
-        last = client.get(keys["current"])
+        last = client.get(keys["last"])
     if last is None:
         raise RedisError("no figures published in time")
     return json.loads(last)
@@ -297,7 +304,7 @@ def _local_stats() -> dict:
     """Without Redis: this process's figures, one sample per interval, without history."""
     with _local_lock:
         cached = _local.get("answer")
-        if cached is not None and time.time() - _local["at"] < INTERVAL_SECONDS:
+        if cached is not None and time.time() - _local["at"] < interval_seconds():
             return cached
         sample = sample_take()
         answer = {**figures([sample]), "degraded": "Redis is unavailable: no history, no rates."}

@@ -52,7 +52,10 @@ def ops_dashboard(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "ops/dashboard.html",
-        {"interval_ms": int(dashboard.INTERVAL_SECONDS * 1000), "history_seconds": dashboard.HISTORY_SECONDS},
+        {
+            "interval_ms": int(dashboard.interval_seconds() * 1000),
+            "history_seconds": dashboard.HISTORY_SECONDS,
+        },
     )
 
 

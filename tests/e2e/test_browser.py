@@ -161,6 +161,16 @@ def test_simulator_receives_acks_goes_offline_and_catches_up(page, e2e):
     assert page.text_content("#gaps") == "none"
 
 
+def test_simulator_says_when_the_token_is_refused_and_does_not_retry(page, e2e):
+    page.goto("/simulator/")
+    page.fill("#token", "not-a-token")
+    page.click("#connect")
+
+    page.wait_for_function("document.getElementById('state').textContent.indexOf('401') >= 0")
+    assert page.get_attribute("#state", "data-state") == "offline"
+    assert "reconnecting" not in page.text_content("#state")
+
+
 def test_simulator_shows_skipped_seqs_and_gaps(page, e2e):
     sender, mobile = e2e.sender(), e2e.mobile()
     page.goto("/simulator/")

@@ -12,6 +12,9 @@
   var LOG_LINES = 200;
 
   var ws = null;
+  var wantOnline = false;  // false after "Go offline": no reconnecting then
+  var retryMs = 1000;
+  var retryTimer = null;
   var pingTimer = null;
   var typingTimer = null;
   var typingOn = false;
@@ -72,6 +75,8 @@
 
   function connect() {
     if (!token()) { setState("offline", "paste a mobile token first"); return; }
+    clearTimeout(retryTimer);
+    wantOnline = true;
     setState("connecting");
     api("POST", root.dataset.ticketUrl).then(function (body) {
       var scheme = location.protocol === "https:" ? "wss://" : "ws://";
@@ -80,6 +85,7 @@
       socket.onopen = function () {
         if (ws !== socket) return;
         setState("online");
+        retryMs = 1000;
         pingTimer = setInterval(function () { send({ type: "ping" }); }, PING_MS);
       };
       socket.onmessage = function (event) { receive(JSON.parse(event.data)); };
@@ -87,14 +93,35 @@
         if (ws !== socket) return;
         clearInterval(pingTimer);
         ws = null;
-        var why = event.code === 4401 ? "4401: token or ticket refused" : "closed " + event.code;
-        setState("offline", event.code === 1000 ? "" : why);
+        if (event.code === 4401) {
+          wantOnline = false;
+          setState("offline", "4401: token or ticket refused");
+        } else if (wantOnline) {
+          reconnectLater("closed " + event.code);
+        } else {
+          setState("offline");
+        }
       };
-    }).catch(function (err) { setState("offline", "ticket: " + err.message); });
+    }).catch(function (err) {
+      // A refused token stays refused; anything else (server restarting) is worth a retry.
+      if (/^40[13]:/.test(err.message)) { wantOnline = false; setState("offline", "ticket: " + err.message); }
+      else reconnectLater("ticket: " + err.message);
+    });
+  }
+
+  // As an app does after a lost connection: try again, waiting longer each time (up to 10 s).
+  function reconnectLater(why) {
+    setState("offline", why + "; reconnecting in " + retryMs / 1000 + " s");
+    $("offline").disabled = false;
+    retryTimer = setTimeout(connect, retryMs);
+    retryMs = Math.min(retryMs * 2, 10000);
   }
 
   function goOffline() {
+    wantOnline = false;
+    clearTimeout(retryTimer);
     if (ws) ws.close(1000, "offline");
+    else setState("offline");
   }
 
   // --- frames from the server --------------------------------------------------------------

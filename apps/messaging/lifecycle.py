@@ -109,7 +109,7 @@ def _stamps(target: str, now: datetime, reason: str) -> dict:
     if target == Status.QUEUED:
         return {"failed_at": None, "failure_reason": "", "retry_count": 0}
     if target == Status.CANCELED:
-        return {"failure_reason": reason[:500], "next_attempt_at": None}
+        return {"canceled_at": now, "failure_reason": reason[:500], "next_attempt_at": None}
     return {}
 
 

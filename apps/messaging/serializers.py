@@ -42,6 +42,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "delivered_at",
             "read_at",
             "failed_at",
+            "canceled_at",
             "correlation_id",
             "attachments",
         ]

@@ -115,7 +115,7 @@ def test_allowed_transition_moves_and_stamps(source, target, earlier, sender, mo
     elif target == Q:
         expected.update(failed_at=None, failure_reason="", retry_count=0)
     elif target == C:
-        expected.update(failure_reason="why", next_attempt_at=None)
+        expected.update(canceled_at=now, failure_reason="why", next_attempt_at=None)
     assert after == expected
 
 

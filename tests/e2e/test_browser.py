@@ -171,6 +171,26 @@ def test_simulator_says_when_the_token_is_refused_and_does_not_retry(page, e2e):
     assert "reconnecting" not in page.text_content("#state")
 
 
+def test_simulator_shows_a_message_canceled_while_offline_as_a_skipped_seq(page, e2e):
+    sender, mobile = e2e.sender(), e2e.mobile()
+    page.goto("/simulator/")
+    _simulator_online(page, mobile.token)
+    page.click("#offline")
+    page.wait_for_selector("#state[data-state=offline]")
+    e2e.stack.wait(lambda: not _online(e2e, mobile), timeout=10, what="the server to see the page offline")
+    withdrawn, kept = e2e.send(sender, mobile, "withdrawn"), e2e.send(sender, mobile, "kept")
+    e2e.wait_status(sender, [withdrawn["id"], kept["id"]], "pending")
+    assert sender.api.post(f"/api/v1/messages/{withdrawn['id']}/cancel/").status == 200
+
+    page.click("#connect")
+    page.wait_for_selector(f"tr[data-id='{kept['id']}'][data-status=acked]")
+
+    # The server's skip frame explains the canceled seq: a skipped row, no gap.
+    page.wait_for_selector(f"tr[data-seq='{withdrawn['seq']}'][data-status=skipped]")
+    assert page.locator(f"tr[data-id='{withdrawn['id']}']").count() == 0
+    assert page.text_content("#gaps") == "none"
+
+
 def test_simulator_shows_skipped_seqs_and_gaps(page, e2e):
     sender, mobile = e2e.sender(), e2e.mobile()
     page.goto("/simulator/")

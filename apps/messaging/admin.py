@@ -275,7 +275,7 @@ class BroadcastAdmin(admin.ModelAdmin):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(admin.ModelAdmin):
-    """Review failed messages; requeue or delete them, one at a time or in bulk."""
+    """Review failed messages; requeue or delete them, one at a time or in services."""
 
     list_display = (
         "id",

@@ -16,12 +16,11 @@ from apps.common.ids import parse_uuid
 from apps.common.pagination import PagePagination
 from apps.common.serializers import represent
 
-from . import bulk
+from . import services
 from .content import MAX_CONTENT_LENGTH, normalize_content
 from .flow import sends_admit
 from .inputs import MAX_TTL_SECONDS, OneWayMessageInputSerializer, SendAtField, phone_field
 from .models import ContentType, DeadLetter, Kind, Priority, Status
-from .schedule import message_cancel
 from .selectors import (
     broadcast_get_for_sender,
     broadcast_progress,
@@ -124,7 +123,7 @@ class MessageCancelApi(APIView):
         pk = parse_uuid(message_id)
         if pk is None:
             raise NotFound("No message with this id among yours.")
-        message = message_cancel(sender=request.user, message_id=pk)
+        message = services.message_cancel(sender=request.user, message_id=pk)
         return Response(represent(MessageSerializer, message))
 
 
@@ -222,8 +221,8 @@ class BatchSendApi(APIView):
         items = request.data.get("messages") if isinstance(request.data, dict) else None
         if not isinstance(items, list) or not items:
             raise ValidationError({"messages": ["Give a non-empty list of messages."]})
-        if len(items) > bulk.BATCH_MAX:
-            raise ValidationError({"messages": [f"At most {bulk.BATCH_MAX:,} messages per batch."]})
+        if len(items) > services.BATCH_MAX:
+            raise ValidationError({"messages": [f"At most {services.BATCH_MAX:,} messages per batch."]})
         # One child serializer validates every item (fields built once, not per item).
         serializer = OneWayMessageInputSerializer(data=items, many=True)
         if not serializer.is_valid():
@@ -235,18 +234,18 @@ class BatchSendApi(APIView):
         try:
             if key is None:
                 ids, created = (
-                    [m.pk for m in bulk.messages_send_batch(sender=request.user, items=valid)],
+                    [m.pk for m in services.messages_send_batch(sender=request.user, items=valid)],
                     True,
                 )
             else:
                 _check_idempotency_key(key)
-                ids, created = bulk.messages_send_batch_idempotent(
+                ids, created = services.messages_send_batch_idempotent(
                     sender=request.user,
                     idempotency_key=key,
                     body_hash=request_hash({"messages": valid}),
                     items=valid,
                 )
-        except bulk.BatchInvalid as exc:
+        except services.BatchInvalid as exc:
             raise ValidationError({"messages": {str(i): e for i, e in exc.errors.items()}}) from exc
         return Response(
             {"total": len(ids), "ids": [str(pk) for pk in ids]},
@@ -311,7 +310,7 @@ class BroadcastCreateApi(APIView):
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         data.pop("all")
-        recipient_ids, unknown = bulk.broadcast_audience(
+        recipient_ids, unknown = services.broadcast_audience(
             recipient_phone_numbers=data.pop("recipient_phone_numbers", None)
         )
         if unknown:
@@ -322,9 +321,9 @@ class BroadcastCreateApi(APIView):
                     ]
                 }
             )
-        total = len(recipient_ids) if recipient_ids is not None else bulk.active_audience_size()
+        total = len(recipient_ids) if recipient_ids is not None else services.active_audience_size()
         sends_admit(sender=request.user, count=max(total, 1))
-        broadcast = bulk.broadcast_create(sender=request.user, recipient_ids=recipient_ids, **data)
+        broadcast = services.broadcast_create(sender=request.user, recipient_ids=recipient_ids, **data)
         return Response({"id": str(broadcast.pk), "total": broadcast.total}, status=status.HTTP_202_ACCEPTED)
 
 

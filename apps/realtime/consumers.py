@@ -274,6 +274,10 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         for frame in event["frames"]:
             await self.send_json(frame)
 
+    async def session_close(self, event: dict) -> None:
+        """Close this connection: its user's credentials were revoked (erasure)."""
+        await self.close(code=event.get("code", CLOSE_UNAUTHENTICATED))
+
 
 # Frame type -> handler; `chat.send` and `typing` need the `chat` permission.
 FRAME_HANDLERS = {

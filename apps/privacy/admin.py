@@ -10,7 +10,7 @@ from django.utils.translation import ngettext
 from apps.accounts.admin import MobileUserAdmin
 from apps.accounts.models import MobileUser
 
-from .services import mobile_user_erase
+from .services import ERASED_PREFIX, mobile_user_erase
 
 
 class ErasableMobileUserAdmin(MobileUserAdmin):
@@ -26,7 +26,8 @@ class ErasableMobileUserAdmin(MobileUserAdmin):
         description="Erase selected mobile users (their data is removed for good)", permissions=["erase"]
     )
     def erase_selected(self, request: HttpRequest, queryset: QuerySet[MobileUser]) -> None:
-        users = list(queryset.filter(is_active=True))
+        # A deactivated user can still be erased; an erased one has nothing left to erase.
+        users = list(queryset.exclude(phone_number__startswith=ERASED_PREFIX))
         for user in users:
             mobile_user_erase(mobile_user=user, actor=request.user)
         self.message_user(

@@ -40,13 +40,14 @@ def _profile(user: MobileUser) -> dict:
 
 
 def _preferences(user: MobileUser) -> dict:
-    prefs = PushPreferences.objects.filter(mobile_user=user).first() or PushPreferences(mobile_user=user)
+    stored = PushPreferences.objects.filter(mobile_user=user).first()
+    prefs = stored or PushPreferences(mobile_user=user)  # the defaults, when never changed
     return {
         "push_enabled": prefs.push_enabled,
         "quiet_hours_start": prefs.quiet_hours_start,
         "quiet_hours_end": prefs.quiet_hours_end,
         "timezone": prefs.timezone,
-        "stored": prefs._state.adding is False,
+        "stored": stored is not None,
     }
 
 

@@ -34,9 +34,15 @@ ERASED_REASON_AUTHOR = "sender erased"
 CLOSE_ERASED = 4401
 
 
+ERASED_PREFIX = "erased-"
+
+
 def erased_phone_placeholder(mobile_user_id: int) -> str:
-    """Return the unique value that replaces an erased user's phone number (≤16 chars)."""
-    return f"erased-{mobile_user_id}"
+    """Return the unique value that replaces an erased user's phone number (≤16 chars).
+
+    Never a valid E.164 number (those start with "+"), so no lookup by phone can find it.
+    """
+    return f"{ERASED_PREFIX}{mobile_user_id}"
 
 
 def mobile_user_erase(*, mobile_user: MobileUser, actor: User | MobileUser | None) -> dict[str, int]:

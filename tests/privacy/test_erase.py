@@ -203,3 +203,13 @@ def test_operators_without_delete_permission_cannot_erase(mobile_user):
 
     assert MobileUser.objects.get(pk=mobile_user.pk).is_active
     assert not AuditEntry.objects.filter(action="mobile_user.erase").exists()
+
+
+def test_a_deactivated_user_can_still_be_erased_from_the_admin(mobile_user):
+    MobileUser.objects.filter(pk=mobile_user.pk).update(is_active=False)
+    device_register(mobile_user=mobile_user, token="tok-deactivated", platform="ios")
+    _, client = staff("view_mobileuser", "change_mobileuser", "delete_mobileuser")
+    client.post(MOBILE_USERS, {"action": "erase_selected", "_selected_action": [str(mobile_user.pk)]})
+
+    assert MobileUser.objects.get(pk=mobile_user.pk).phone_number == erased_phone_placeholder(mobile_user.pk)
+    assert not DeviceToken.objects.filter(mobile_user=mobile_user).exists()

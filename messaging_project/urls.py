@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.media import apis as media
 from apps.ops import apis as ops
+from apps.ops import views as ops_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -19,6 +20,9 @@ urlpatterns = [
     path("health/live", ops.live, name="health-live"),
     path("health/ready", ops.ready, name="health-ready"),
     path("metrics", ops.metrics, name="metrics"),
+    path("ops/", ops_views.ops_dashboard, name="ops-dashboard"),
+    path("ops/stats.json", ops_views.ops_stats, name="ops-stats"),
+    path("simulator/", ops_views.simulator, name="simulator"),
 ]
 
 handler404 = "apps.ops.apis.not_found"

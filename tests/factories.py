@@ -52,6 +52,8 @@ class MessageFactory(factory.django.DjangoModelFactory):
 
     @factory.lazy_attribute
     def seq(self):
+        if self.status == Status.SCHEDULED:
+            return None  # takes one when it becomes due
         # Mirror message_send: take the recipient's next number.
         MobileUser.objects.filter(pk=self.recipient.pk).update(last_seq=F("last_seq") + 1)
         return MobileUser.objects.values_list("last_seq", flat=True).get(pk=self.recipient.pk)

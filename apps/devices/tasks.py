@@ -16,8 +16,17 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task
-def push_window_end(recipient_id: int) -> str:
+def push_first(recipient_id: int) -> str:
+    """The push of the message that opened the recipient's window: at once."""
     outcome = services.push_window_close(recipient_id=recipient_id)
+    logger.info("push.first", extra={"recipient_id": recipient_id, "outcome": outcome})
+    return outcome
+
+
+@shared_task
+def push_window_end(recipient_id: int) -> str:
+    """The end of the window: one more push if messages arrived during it."""
+    outcome = services.push_window_trail(recipient_id=recipient_id)
     logger.info("push.window_end", extra={"recipient_id": recipient_id, "outcome": outcome})
     return outcome
 

@@ -25,9 +25,10 @@ from django.utils.translation import ngettext
 from apps.audit.services import audit_record
 from apps.common.phone import normalize_phone
 
-from .models import DeadLetter, DeliveryAttempt, Message
-from .selectors import parse_uuid
+from .models import Broadcast, DeadLetter, DeliveryAttempt, Message
+from .selectors import broadcast_progress, parse_uuid
 from .services import dead_letter_delete, dead_letters_requeue
+from .timeline import message_timeline
 
 
 def search_by_message_or_phone(
@@ -140,6 +141,7 @@ class MessageAdmin(admin.ModelAdmin):
             },
         ),
         ("Timestamps", {"fields": ("created_at", "sent_at", "delivered_at", "read_at", "failed_at")}),
+        ("Timeline", {"fields": ("timeline",)}),
     )
     readonly_fields = tuple(field for _, options in fieldsets for field in options["fields"])
 
@@ -155,6 +157,20 @@ class MessageAdmin(admin.ModelAdmin):
         url = reverse("admin:messaging_deadletter_change", args=[dead_letter.pk])
         return format_html('<a href="{}">dead letter {}</a>', url, dead_letter.pk)
 
+    @admin.display(description="timeline")
+    def timeline(self, obj: Message) -> SafeString:
+        """Render everything that happened to the message, oldest first (apps/messaging/timeline.py)."""
+        rows = format_html_join(
+            "",
+            '<tr data-what="{}"><td>{}</td><td>{}</td><td>{}</td></tr>',
+            ((e.what, display_for_value(e.at, "-"), e.what, e.detail or "") for e in message_timeline(obj)),
+        )
+        return format_html(
+            '<table class="message-timeline"><thead><tr><th>At</th><th>Event</th><th>Detail</th></tr>'
+            "</thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Message], search_term: str
     ) -> tuple[QuerySet[Message], bool]:
@@ -162,6 +178,10 @@ class MessageAdmin(admin.ModelAdmin):
             queryset, search_term, message_field="pk", phone_field="recipient__phone_number"
         )
         return results, False
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        # A broadcast's page links to its messages.
+        return lookup == "broadcast__id__exact" or super().lookup_allowed(lookup, value, request)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -172,6 +192,82 @@ class MessageAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
         # Deleting would leave a gap in the recipient's seq and lose the delivery history.
+        return False
+
+
+# --- Broadcasts -----------------------------------------------------------------------------
+
+
+@admin.register(Broadcast)
+class BroadcastAdmin(admin.ModelAdmin):
+    """Broadcasts and their progress, read-only: they are created by the API and expanded by tasks.
+
+    The list shows expansion (expanded / total, from the row); the queued / delivered / failed
+    counts take one aggregate over the broadcast's messages, so only its page shows them.
+    """
+
+    list_display = ("id", "sender", "subject_or_content", "all_users", "progress", "status", "created_at")
+    list_filter = ("status", "all_users", "priority")
+    list_select_related = ("sender",)
+    search_fields = ("sender__username", "subject")
+    search_help_text = "Broadcast id, sender username or subject."
+    show_full_result_count = False
+    fieldsets = (
+        (None, {"fields": ("id", "sender", "subject", "content", "content_type", "priority", "ttl_seconds")}),
+        (
+            "Progress",
+            {"fields": ("status", "total", "expanded", "progress", "message_counts", "messages_link")},
+        ),
+        ("Audience", {"fields": ("all_users", "audience_max_id", "recipient_count")}),
+        ("Times", {"fields": ("created_at", "expanded_at", "updated_at", "correlation_id")}),
+    )
+    readonly_fields = tuple(field for _, options in fieldsets for field in options["fields"])
+
+    @admin.display(description="subject / content")
+    def subject_or_content(self, obj: Broadcast) -> str:
+        text = obj.subject or obj.content
+        return text if len(text) <= 60 else text[:59] + "…"
+
+    @admin.display(description="expanded")
+    def progress(self, obj: Broadcast) -> str:
+        percent = 100 * obj.expanded / obj.total if obj.total else 100
+        return f"{obj.expanded} / {obj.total} ({percent:.0f} %)"
+
+    @admin.display(description="messages by status")
+    def message_counts(self, obj: Broadcast) -> SafeString:
+        counts = broadcast_progress(broadcast=obj)
+        return format_html(
+            '<span class="broadcast-counts">queued (not yet delivered) {} · delivered {} · failed {}</span>',
+            counts["queued"],
+            counts["delivered"],
+            counts["failed"],
+        )
+
+    @admin.display(description="messages")
+    def messages_link(self, obj: Broadcast) -> SafeString:
+        url = reverse("admin:messaging_message_changelist") + f"?broadcast__id__exact={obj.pk}"
+        return format_html('<a href="{}">the broadcast\'s messages</a>', url)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Broadcast], search_term: str
+    ) -> tuple[QuerySet[Broadcast], bool]:
+        pk = parse_uuid(search_term.strip())
+        if pk is not None:
+            return queryset.filter(pk=pk), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="listed recipients")
+    def recipient_count(self, obj: Broadcast) -> str:
+        return "every active user" if obj.all_users else str(len(obj.recipient_ids))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Broadcast | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Broadcast | None = None) -> bool:
+        # Its messages point at it (PROTECT); withdrawing one is the sender's cancel, not this.
         return False
 
 

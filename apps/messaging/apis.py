@@ -13,14 +13,16 @@ from rest_framework.views import APIView
 
 from apps.accounts.permissions import CanManageDeadLetters, CanSendMessage, sender_permission
 from apps.audit.services import audit_record
+from apps.common.ids import parse_uuid
 from apps.common.pagination import PagePagination
 from apps.common.serializers import represent
 
 from . import bulk
 from .content import MAX_CONTENT_LENGTH, normalize_content
 from .flow import sends_admit
-from .inputs import MAX_TTL_SECONDS, OneWayMessageInputSerializer, phone_field
+from .inputs import MAX_TTL_SECONDS, OneWayMessageInputSerializer, SendAtField, phone_field
 from .models import ContentType, DeadLetter, Kind, Priority, Status
+from .schedule import message_cancel
 from .selectors import (
     broadcast_get_for_sender,
     broadcast_progress,
@@ -111,6 +113,20 @@ class MessageDetailApi(APIView):
         if message is None:
             raise NotFound("No message with this id among yours.")
         return Response(MessageDetailSerializer(message).data)
+
+
+class MessageCancelApi(APIView):
+    """Withdraw a message no device has received: 200 `canceled`, else 409 naming its status."""
+
+    permission_classes = [CanSendMessage]
+
+    @extend_schema(request=None, responses={200: MessageSerializer})
+    def post(self, request: Request, message_id: str) -> Response:
+        pk = parse_uuid(message_id)
+        if pk is None:
+            raise NotFound("No message with this id among yours.")
+        message = message_cancel(sender=request.user, message_id=pk)
+        return Response(represent(MessageSerializer, message))
 
 
 def _dead_letter_or_404(request: Request, dead_letter_id: str) -> DeadLetter:
@@ -279,6 +295,7 @@ class BroadcastInputSerializer(serializers.Serializer):
     ttl_seconds = serializers.IntegerField(
         min_value=1, max_value=MAX_TTL_SECONDS, required=False, allow_null=True
     )
+    send_at = SendAtField(required=False, allow_null=True)
     attachment_ids = serializers.ListField(child=serializers.UUIDField(), required=False, default=list)
 
     def validate_recipient_phone_numbers(self, value: list[str]) -> list[str]:

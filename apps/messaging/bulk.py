@@ -12,12 +12,12 @@ import logging
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import F, Max
+from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from apps.accounts import presence
@@ -33,6 +33,7 @@ from . import lifecycle, outgoing, services
 from .errors import MessagingError
 from .models import Broadcast, BroadcastStatus, IdempotencyKey, Kind, Message, Outcome, Priority, Status
 from .relay import relay_notify
+from .seqs import seqs_take
 
 logger = logging.getLogger(__name__)
 
@@ -49,38 +50,6 @@ class BatchInvalid(MessagingError):
         super().__init__("Some messages of the batch are invalid; nothing was stored.")
 
 
-# --- Sequence numbers -----------------------------------------------------------------------
-
-
-def _take_seqs(counts: dict[int, int]) -> dict[int, int]:
-    """Reserve `counts[id]` consecutive seqs per recipient; return each one's first seq.
-
-    Must run in the transaction that stores the messages. The recipients' rows are locked in
-    id order first (a plain UPDATE locks in whatever order it scans), then bumped in one
-    statement, so a rollback leaves no gap and concurrent sends take consecutive numbers.
-    """
-    ids = sorted(counts)
-    if connection.vendor != "postgresql":
-        # SQLite (local runs): the transaction already holds the file's write lock.
-        for pk in ids:
-            MobileUser.objects.filter(pk=pk).update(last_seq=F("last_seq") + counts[pk])
-        last = dict(MobileUser.objects.filter(pk__in=ids).values_list("pk", "last_seq"))
-        return {pk: last[pk] - counts[pk] + 1 for pk in ids}
-    list(MobileUser.objects.filter(pk__in=ids).order_by("pk").select_for_update().values_list("pk"))
-    table = MobileUser._meta.db_table
-    values = ", ".join(["(%s::bigint, %s::bigint)"] * len(ids))
-    params: list[int] = []
-    for pk in ids:
-        params += [pk, counts[pk]]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f'UPDATE "{table}" AS u SET last_seq = u.last_seq + v.n '
-            f"FROM (VALUES {values}) AS v(id, n) WHERE u.id = v.id RETURNING u.id, u.last_seq",
-            params,
-        )
-        return {pk: last - counts[pk] + 1 for pk, last in cursor.fetchall()}
-
-
 # --- Batch ----------------------------------------------------------------------------------
 
 
@@ -89,7 +58,7 @@ class StoredMessage(NamedTuple):
 
     pk: uuid.UUID
     recipient_id: int
-    seq: int
+    seq: int | None  # None while scheduled
     content: str
     priority: str
 
@@ -112,6 +81,7 @@ BATCH_COLUMNS = (
     "failure_reason",
     "ttl_seconds",
     "expires_at",
+    "send_at",
     "correlation_id",
 )
 
@@ -139,21 +109,27 @@ def messages_send_batch(*, sender: User, items: list[dict]) -> list[StoredMessag
         }
         if unknown:
             raise BatchInvalid(unknown)
-        counts = Counter(recipient_of[item["recipient_phone_number"]] for item in items)
-        next_seq = _take_seqs(counts)
+        # Scheduled items take their seqs when they become due (schedule.py), the others now.
+        counts = Counter(
+            recipient_of[item["recipient_phone_number"]] for item in items if not item.get("send_at")
+        )
+        next_seq = seqs_take(counts) if counts else {}
         messages: list[StoredMessage] = []
         rows = []
         for item in items:
             recipient_id = recipient_of[item["recipient_phone_number"]]
             ttl = item.get("ttl_seconds")
+            send_at = item.get("send_at")
+            start = send_at or now
             message = StoredMessage(
                 uuid.uuid4(),
                 recipient_id,
-                next_seq[recipient_id],
+                None if send_at else next_seq[recipient_id],
                 item["content"],
                 str(item.get("priority", Priority.NORMAL.value)),
             )
-            next_seq[recipient_id] += 1
+            if not send_at:
+                next_seq[recipient_id] += 1
             messages.append(message)
             rows.append(
                 (
@@ -166,19 +142,23 @@ def messages_send_batch(*, sender: User, items: list[dict]) -> list[StoredMessag
                     message.content,
                     str(item.get("content_type", "text")),
                     message.priority,
-                    Status.QUEUED.value,
+                    (Status.SCHEDULED if send_at else Status.QUEUED).value,
                     0,
-                    now,  # due for the relay at once
+                    start,  # due for the relay at once, or for the promotion at send_at
                     now,
                     "",
                     ttl,
-                    now + timedelta(seconds=ttl) if ttl else None,
+                    start + timedelta(seconds=ttl) if ttl else None,
+                    send_at,
                     correlation_id,
                 )
             )
         copy_rows(Message, BATCH_COLUMNS, rows)
         _attach_all(sender, items, messages)
-        relay_notify()
+        if counts:
+            relay_notify()
+        if len(counts) < len(items):
+            relay_notify(scheduled=True)
         by_priority = Counter(m.priority for m in messages)
         transaction.on_commit(lambda: _count_accepted(by_priority))
     logger.info("message.batch_accepted", extra={"count": len(messages)})
@@ -350,6 +330,7 @@ def broadcast_create(
     content_type: str = "text",
     priority: str = Priority.NORMAL,
     ttl_seconds: int | None = None,
+    send_at: datetime | None = None,
 ) -> Broadcast:
     """Record a broadcast to `recipient_ids` (None: every active user now); expand it after commit."""
     with transaction.atomic():
@@ -365,6 +346,7 @@ def broadcast_create(
             content_type=content_type,
             priority=priority,
             ttl_seconds=ttl_seconds,
+            send_at=send_at,
             all_users=recipient_ids is None,
             recipient_ids=recipient_ids or [],
             audience_max_id=max_id,
@@ -412,23 +394,27 @@ def broadcast_expand_chunk(*, broadcast_id: str | uuid.UUID, after: int) -> int 
         size = settings.MESSAGING_BROADCAST_CHUNK
         recipient_ids = list(audience.order_by("pk").values_list("pk", flat=True)[:size])
         messages = []
+        scheduled = broadcast.send_at is not None
         if recipient_ids:
-            first_seq = _take_seqs(dict.fromkeys(recipient_ids, 1))
+            # Scheduled: the messages take their seqs when they become due (schedule.py).
+            first_seq = {} if scheduled else seqs_take(dict.fromkeys(recipient_ids, 1))
             ttl = broadcast.ttl_seconds
+            start = broadcast.send_at or now
             messages = [
                 Message(
                     kind=Kind.ONE_WAY,
                     sender_id=broadcast.sender_id,
                     recipient_id=rid,
-                    seq=first_seq[rid],
+                    seq=first_seq.get(rid),
                     subject=broadcast.subject,
                     content=broadcast.content,
                     content_type=broadcast.content_type,
                     priority=broadcast.priority,
-                    status=Status.QUEUED,
-                    next_attempt_at=now,  # due for the relay at once
+                    status=Status.SCHEDULED if scheduled else Status.QUEUED,
+                    next_attempt_at=start,  # due for the relay at once, or at send_at
                     ttl_seconds=ttl,
-                    expires_at=now + timedelta(seconds=ttl) if ttl else None,
+                    expires_at=start + timedelta(seconds=ttl) if ttl else None,
+                    send_at=broadcast.send_at,
                     correlation_id=broadcast.correlation_id,
                     broadcast=broadcast,
                 )
@@ -446,7 +432,7 @@ def broadcast_expand_chunk(*, broadcast_id: str | uuid.UUID, after: int) -> int 
             changes.update(status=BroadcastStatus.EXPANDED, expanded_at=now)
         Broadcast.objects.filter(pk=broadcast.pk, expanded_through=after).update(**changes)
         if messages:
-            relay_notify()
+            relay_notify(scheduled=scheduled)
             count, priority = len(messages), str(broadcast.priority)
             transaction.on_commit(
                 lambda: metrics.messages_accepted(kind=Kind.ONE_WAY.value, priority=priority, count=count)

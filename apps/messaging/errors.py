@@ -10,6 +10,8 @@ __all__ = [
     "IdempotencyKeyMismatch",
     "MediaNotAttachable",
     "MediaNotFound",
+    "MessageNotCancelable",
+    "MessageNotFound",
     "MessagingError",
     "RecipientNotFound",
 ]
@@ -33,3 +35,15 @@ class IdempotencyKeyMismatch(MessagingError):
 class IdempotencyKeyInFlight(MessagingError):
     status_code = status.CONFLICT
     default_detail = "A request with this Idempotency-Key is still being processed; retry shortly."
+
+
+class MessageNotFound(MessagingError):
+    status_code = status.NOT_FOUND
+    code = "not_found"
+    default_detail = "No message with this id among yours."
+
+
+class MessageNotCancelable(MessagingError):
+    status_code = status.CONFLICT
+    code = "not_cancelable"
+    default_detail = "This message can no longer be canceled."

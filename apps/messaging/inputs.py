@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from apps.common.phone import normalize_phone
@@ -11,6 +15,7 @@ from .content import MAX_ATTACHMENTS, MAX_CONTENT_LENGTH, normalize_content
 from .models import ContentType, Priority
 
 MAX_TTL_SECONDS = 30 * 24 * 3600
+MAX_SCHEDULE_AHEAD = timedelta(days=30)
 
 
 class StrictCharField(serializers.CharField):
@@ -29,6 +34,35 @@ class StrictUUIDField(serializers.UUIDField):
         if not isinstance(data, str):
             self.fail("invalid", value=data)
         return super().to_internal_value(data)
+
+
+class SendAtField(serializers.DateTimeField):
+    """`send_at`: ISO 8601 with a UTC offset, in the future, at most MAX_SCHEDULE_AHEAD ahead."""
+
+    default_error_messages = {
+        "invalid": "Give an ISO 8601 date and time with a UTC offset, e.g. 2026-01-31T09:00:00+01:00.",
+        "naive": "Give the UTC offset (e.g. +00:00 or Z): a time without one is ambiguous.",
+        "past": "send_at must be in the future.",
+        "too_far": "send_at may be at most 30 days ahead.",
+    }
+
+    def to_internal_value(self, value):
+        if not isinstance(value, str):
+            self.fail("invalid")
+        try:
+            parsed = parse_datetime(value.strip()) if len(value) <= 64 else None
+        except ValueError:  # well formed, out of range (month 13)
+            parsed = None
+        if parsed is None:
+            self.fail("invalid")
+        if parsed.tzinfo is None:
+            self.fail("naive")
+        now = timezone.now()
+        if parsed <= now:
+            self.fail("past")
+        if parsed > now + MAX_SCHEDULE_AHEAD:
+            self.fail("too_far")
+        return parsed
 
 
 def phone_field(value: str) -> str:
@@ -71,6 +105,7 @@ class OneWayMessageInputSerializer(MessageContentInputSerializer):
     ttl_seconds = serializers.IntegerField(
         min_value=1, max_value=MAX_TTL_SECONDS, required=False, allow_null=True
     )
+    send_at = SendAtField(required=False, allow_null=True)
 
     def validate_recipient_phone_number(self, value: str) -> str:
         return phone_field(value)

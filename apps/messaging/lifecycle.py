@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 
 # Target status -> the statuses it may be reached from.
 ALLOWED_SOURCES: dict[str, frozenset[str]] = {
-    # Only an explicit requeue of a dead letter goes back to the start.
-    Status.QUEUED: frozenset({Status.FAILED}),
+    # A scheduled message that became due (it takes its seq in the same transaction), or an
+    # explicit requeue of a dead letter.
+    Status.QUEUED: frozenset({Status.SCHEDULED, Status.FAILED}),
     # Recipient offline, ack timed out (retry later) or its connection went stale.
     Status.PENDING: frozenset({Status.QUEUED, Status.SENT}),
     # Written to a socket; re-writing a `sent` message restarts its ack clock.
@@ -40,10 +41,15 @@ ALLOWED_SOURCES: dict[str, frozenset[str]] = {
     # The device's ack can overtake the worker's own bookkeeping.
     Status.DELIVERED: frozenset({Status.QUEUED, Status.PENDING, Status.SENT}),
     Status.READ: frozenset({Status.QUEUED, Status.PENDING, Status.SENT, Status.DELIVERED}),
+    # (A scheduled message fails only once due: a deactivated recipient is found by delivery.)
     Status.FAILED: frozenset({Status.QUEUED, Status.PENDING, Status.SENT}),
+    # A message is born scheduled (or not): nothing moves back to it.
+    Status.SCHEDULED: frozenset(),
+    # Withdrawn by its sender while no device can have it: never once it was written to a socket.
+    Status.CANCELED: frozenset({Status.SCHEDULED, Status.QUEUED, Status.PENDING}),
 }
 
-TERMINAL = frozenset({Status.READ, Status.FAILED})
+TERMINAL = frozenset({Status.READ, Status.FAILED, Status.CANCELED})
 # The statuses counted by messaging_messages_*_total (apps.common.metrics).
 COUNTED = frozenset({Status.DELIVERED, Status.READ, Status.FAILED})
 # The statuses a chat message's author hears about in `status` frames.
@@ -102,6 +108,8 @@ def _stamps(target: str, now: datetime, reason: str) -> dict:
         return {"failed_at": now, "failure_reason": reason[:500], "next_attempt_at": None}
     if target == Status.QUEUED:
         return {"failed_at": None, "failure_reason": "", "retry_count": 0}
+    if target == Status.CANCELED:
+        return {"canceled_at": now, "failure_reason": reason[:500], "next_attempt_at": None}
     return {}
 
 
@@ -254,9 +262,9 @@ def _reason_label(reason: str) -> str:
 def _chat_consequences(rows: list[_Row], *, to: str, now: datetime) -> None:
     from apps.conversations.models import Conversation  # conversations' models import ours
 
-    if to == Status.READ:
-        # Every source of `read` counts as unread and `read` is never left, so each message
-        # lowers its counter exactly once.
+    if to in (Status.READ, Status.CANCELED):
+        # Every source of `read` and `canceled` counts as unread and neither is ever left, so
+        # each message lowers its counter exactly once.
         for (conversation_id, to_mobile), n in Counter(
             (row.conversation_id, row.recipient_id is not None) for row in rows
         ).items():

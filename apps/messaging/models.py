@@ -18,6 +18,9 @@ class Status(models.TextChoices):
     DELIVERED = "delivered"
     READ = "read"
     FAILED = "failed"
+    # Sender integration (SPEC.md section 8): not yet due, and withdrawn by the sender.
+    SCHEDULED = "scheduled"
+    CANCELED = "canceled"
 
 
 class Kind(models.TextChoices):
@@ -56,6 +59,7 @@ class Broadcast(models.Model):
     content_type = models.CharField(max_length=8, choices=ContentType.choices, default=ContentType.TEXT)
     priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
     ttl_seconds = models.PositiveIntegerField(null=True, blank=True)
+    send_at = models.DateTimeField(null=True, blank=True, help_text="Its messages are scheduled for then.")
     all_users = models.BooleanField(default=False)
     # The audience: the listed users, or (all_users) every active user up to this id, i.e.
     # those that existed when the broadcast was accepted.
@@ -124,7 +128,10 @@ class Message(models.Model):
         related_name="messages",
         db_index=False,  # led by message_conversation_idx
     )
-    seq = models.BigIntegerField(help_text="Gapless, strictly increasing per recipient.")
+    # Null only while `scheduled`: a message takes its seq when it becomes due.
+    seq = models.BigIntegerField(
+        null=True, blank=True, help_text="Gapless, strictly increasing per recipient."
+    )
     subject = models.CharField(max_length=200, blank=True)
     content = models.TextField()
     content_type = models.CharField(max_length=8, choices=ContentType.choices, default=ContentType.TEXT)
@@ -139,9 +146,12 @@ class Message(models.Model):
     delivered_at = models.DateTimeField(null=True, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
+    canceled_at = models.DateTimeField(null=True, blank=True)
     failure_reason = models.CharField(max_length=500, blank=True)
     ttl_seconds = models.PositiveIntegerField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # When a scheduled message becomes due (SPEC.md section 8); TTL counts from it.
+    send_at = models.DateTimeField(null=True, blank=True)
     correlation_id = models.CharField(max_length=64, blank=True)
     # Indexed by the unique constraint below (its leading column), not by a second index.
     broadcast = models.ForeignKey(
@@ -177,6 +187,12 @@ class Message(models.Model):
                 ),
                 name="message_kind_matches_conversation",
             ),
+            # Only a scheduled message, or one canceled while scheduled, lacks a seq (the
+            # promotion gives it one, then queues it).
+            models.CheckConstraint(
+                condition=Q(seq__isnull=False) | Q(status__in=["scheduled", "canceled"]),
+                name="message_seq_unless_scheduled",
+            ),
             # A broadcast reaches each recipient once, whatever its tasks do.
             models.UniqueConstraint(
                 fields=["broadcast", "recipient"],
@@ -207,6 +223,13 @@ class Message(models.Model):
                 fields=["status", "next_attempt_at"],
                 condition=Q(status__in=["queued", "pending", "sent"]),
                 name="message_due_idx",
+            ),
+            # The promotion of due scheduled messages, and a canceled seq's `skip` frame.
+            models.Index(
+                fields=["next_attempt_at"], condition=Q(status="scheduled"), name="message_scheduled_idx"
+            ),
+            models.Index(
+                fields=["recipient", "seq"], condition=Q(status="canceled"), name="message_canceled_idx"
             ),
             models.Index(
                 fields=["expires_at"],

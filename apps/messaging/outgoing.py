@@ -95,9 +95,12 @@ class Row(NamedTuple):
 
 
 class Outgoing(NamedTuple):
-    """A message ready for its recipient's sockets: the group and the encoded `message` frame."""
+    """A message ready for its recipient's sockets: the group and the encoded `message` frame.
 
-    pk: uuid.UUID
+    `pk` is None for a `skip` frame (a canceled message's seq, SPEC.md section 8).
+    """
+
+    pk: uuid.UUID | None
     group: str
     frame: str
 

@@ -47,18 +47,31 @@ LANE_RECHECK_SECONDS = 0.005
 LANE_RECHECK_MAX_SECONDS = 0.1
 
 
-def relay_notify() -> None:
-    """Wake the relays once the current transaction commits (it made messages `queued`)."""
-    transaction.on_commit(_wake)
+# What a wake-up says: messages were queued, or scheduled (the relay looks at when they are due).
+QUEUED_NOTE = b""
+SCHEDULED_NOTE = b"scheduled"
+
+
+def relay_notify(*, scheduled: bool = False) -> None:
+    """Wake the relays once the current transaction commits (it made messages `queued` or `scheduled`)."""
+    transaction.on_commit(_wake_scheduled if scheduled else _wake)
+
+
+def _wake_scheduled() -> None:
+    _publish(SCHEDULED_NOTE)
 
 
 def _wake() -> None:
-    try:
-        redis_client().publish(CHANNEL, b"")
-    except RedisError as exc:  # the relay's poll finds the rows all the same
-        logger.warning("relay.wake_failed", extra={"error": repr(exc)})
+    _publish(QUEUED_NOTE)
     if settings.MESSAGING_RELAY_ON_COMMIT:
         relay_round()
+
+
+def _publish(note: bytes) -> None:
+    try:
+        redis_client().publish(CHANNEL, note)
+    except RedisError as exc:  # the relay's poll finds the rows all the same
+        logger.warning("relay.wake_failed", extra={"error": repr(exc)})
 
 
 def relay_claim(
@@ -165,16 +178,23 @@ class Relay:
         subscription.subscribe(CHANNEL)
         try:
             self._round()  # whatever was committed before we listened
+            due_at = _promote_due()
             next_poll = time.monotonic() + poll
             recheck = LANE_RECHECK_SECONDS
             while not self._stop.is_set():
-                # Wake on a notification, or when the poll interval is over; look at the stop
-                # flag at least every WAKE_SLICE seconds.
-                timeout = max(0.0, min(WAKE_SLICE, next_poll - time.monotonic()))
-                woken = subscription.get_message(timeout=timeout) is not None
-                if woken or time.monotonic() >= next_poll:
-                    while subscription.get_message(timeout=0) is not None:
-                        pass  # one round serves every commit announced so far
+                # Wake on a notification, when the poll interval is over or when the next
+                # scheduled message is due; look at the stop flag at least every WAKE_SLICE.
+                timeout = min(WAKE_SLICE, next_poll - time.monotonic(), _seconds_until(due_at))
+                notes = set()
+                note = subscription.get_message(timeout=max(0.0, timeout))
+                while note is not None:  # one round serves every commit announced so far
+                    notes.add(note["data"])
+                    note = subscription.get_message(timeout=0)
+                polled = time.monotonic() >= next_poll
+                if SCHEDULED_NOTE in notes or polled or _seconds_until(due_at) <= 0:
+                    # Promoted messages announce themselves (a queued note) for the round.
+                    due_at = _promote_due()
+                if notes or polled:
                     waiting = self._round()
                     # A lane held back is looked at again soon, whether or not more arrives;
                     # the longer it stays held (workers busy or stopped), the less often.
@@ -182,6 +202,19 @@ class Relay:
                     recheck = min(recheck * 2, LANE_RECHECK_MAX_SECONDS) if waiting else LANE_RECHECK_SECONDS
         finally:
             subscription.close()
+
+
+def _promote_due() -> datetime | None:
+    """Promote the scheduled messages that are due; return when the next one is."""
+    # schedule.py wakes the relays itself (relay_notify): imported here, not at the top.
+    from .schedule import scheduled_next_due_at, scheduled_promote_due
+
+    scheduled_promote_due()
+    return scheduled_next_due_at()
+
+
+def _seconds_until(at: datetime | None) -> float:
+    return float("inf") if at is None else (at - timezone.now()).total_seconds()
 
 
 def lanes_with_room() -> tuple[str, ...]:

@@ -36,11 +36,13 @@ class MessageSerializer(serializers.ModelSerializer):
             "failure_reason",
             "ttl_seconds",
             "expires_at",
+            "send_at",
             "created_at",
             "sent_at",
             "delivered_at",
             "read_at",
             "failed_at",
+            "canceled_at",
             "correlation_id",
             "attachments",
         ]

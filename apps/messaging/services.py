@@ -32,7 +32,7 @@ from apps.devices.services import push_schedule
 from apps.media.models import Media
 from apps.media.services import media_attach
 
-from . import hooks, lifecycle, outgoing
+from . import hooks, lifecycle, outgoing, schedule
 from .dispatch import messages_dispatch
 from .errors import IdempotencyKeyInFlight, IdempotencyKeyMismatch, RecipientNotFound
 from .models import (
@@ -87,11 +87,13 @@ def message_send(
     priority: str = Priority.NORMAL,
     ttl_seconds: int | None = None,
     attachment_ids: Iterable[uuid.UUID] = (),
+    send_at: datetime | None = None,
 ) -> Message:
     """Persist a one-way message with the recipient's next `seq`; the relay dispatches it.
 
     `attachment_ids` name the sender's unattached uploads (already stored, so the message
-    can go at once); MediaNotFound if one is not, and nothing is stored then.
+    can go at once); MediaNotFound if one is not, and nothing is stored then. With `send_at`
+    the message is stored `scheduled`, without a seq, until then (schedule.py).
     """
     message = Message(
         kind=Kind.ONE_WAY,
@@ -101,6 +103,7 @@ def message_send(
         content_type=content_type,
         priority=priority,
         ttl_seconds=ttl_seconds,
+        send_at=send_at,
     )
     recipient = MobileUser(phone_number=recipient_phone_number)
     stored = _message_store(
@@ -168,20 +171,23 @@ def _message_store(
     increment locks the recipient's row until commit, so concurrent sends to one recipient take
     consecutive numbers and a rollback leaves no gap. Without attachments this is one statement
     (in autocommit, its own transaction); with them, one transaction with the attaching.
+    A message with `send_at` is inserted `scheduled`, due then, and takes no seq yet.
     """
     now = timezone.now()
-    message.status = Status.QUEUED
-    message.next_attempt_at = now  # due for the relay at once
+    scheduled = message.send_at is not None
+    message.status = Status.SCHEDULED if scheduled else Status.QUEUED
+    # Due for the relay at once, or for the promotion at send_at; TTL counts from then.
+    message.next_attempt_at = start = message.send_at or now
     message.created_at = now
-    message.expires_at = now + timedelta(seconds=message.ttl_seconds) if message.ttl_seconds else None
+    message.expires_at = start + timedelta(seconds=message.ttl_seconds) if message.ttl_seconds else None
     message.correlation_id = get_correlation_id()
     media_ids = list(attachment_ids)
     with transaction.atomic() if media_ids else nullcontext():
-        found = _insert_with_next_seq(message, recipient=recipient, where=where)
+        found = _insert_with_next_seq(message, recipient=recipient, where=where, take_seq=not scheduled)
         if not found:
             return False
         media_attach(message=message, uploader=uploader, media_ids=media_ids)
-        relay_notify()
+        relay_notify(scheduled=scheduled)
         kind, priority = str(message.kind), str(message.priority)
         transaction.on_commit(lambda: metrics.messages_accepted(kind=kind, priority=priority))
     if not media_ids:
@@ -192,17 +198,25 @@ def _message_store(
 
 
 def _insert_with_next_seq(
-    message: Message, *, recipient: User | MobileUser, where: tuple[str, object]
+    message: Message, *, recipient: User | MobileUser, where: tuple[str, object], take_seq: bool = True
 ) -> bool:
-    """Take the recipient's next seq and insert `message` with it; return whether a recipient matched."""
+    """Take the recipient's next seq and insert `message` with it; return whether a recipient matched.
+
+    Without `take_seq` (a scheduled message) the recipient is only looked up, and seq stays null.
+    """
     model = type(recipient)
     column, value = where
     fk = "recipient_id" if model is MobileUser else "recipient_business_id"
     if connection.vendor != "postgresql":
         with transaction.atomic():
-            if not model.objects.filter(**{column: value}, is_active=True).update(last_seq=F("last_seq") + 1):
+            active = model.objects.filter(**{column: value}, is_active=True)
+            if take_seq and not active.update(last_seq=F("last_seq") + 1):
                 return False
-            pk, seq = model.objects.filter(**{column: value}).values_list("pk", "last_seq").get()
+            found = model.objects.filter(**{column: value}) if take_seq else active
+            pk, seq = found.values_list("pk", "last_seq").first() or (None, None)
+            if pk is None:
+                return False
+            seq = seq if take_seq else None
             setattr(message, fk, pk)
             message.seq = seq
             message.save(force_insert=True)
@@ -212,9 +226,15 @@ def _insert_with_next_seq(
     values = [f.get_db_prep_save(f.pre_save(message, add=True), connection) for f in fields]
     columns = ", ".join(f'"{f.column}"' for f in fields)
     placeholders = ", ".join(["%s"] * len(fields))
+    table = model._meta.db_table
+    recipient_sql = (
+        f'UPDATE "{table}" SET last_seq = last_seq + 1 WHERE "{column}" = %s AND is_active'
+        " RETURNING id, last_seq"
+        if take_seq
+        else f'SELECT id, NULL::bigint AS last_seq FROM "{table}" WHERE "{column}" = %s AND is_active'
+    )
     sql = (
-        f'WITH r AS (UPDATE "{model._meta.db_table}" SET last_seq = last_seq + 1'
-        f' WHERE "{column}" = %s AND is_active RETURNING id, last_seq)'
+        f"WITH r AS ({recipient_sql})"
         f' INSERT INTO "{Message._meta.db_table}" ({columns}, "{fk}", "seq")'
         f' SELECT {placeholders}, r.id, r.last_seq FROM r RETURNING "{fk}", seq'
     )
@@ -446,7 +466,8 @@ def catchup_chunk(
 ) -> tuple[list[Outgoing], int | None]:
     """Claim the next chunk of the recipient's undelivered messages for a (re)connected socket.
 
-    Return their encoded frames in seq order and the last seq looked at (None when done). The
+    Return their encoded frames in seq order, with a `skip` frame for each canceled seq among
+    them (schedule.skips_for_catchup), and the last seq looked at (None when done). The
     messages are marked `sent` before the caller writes them: a write that fails is caught by
     the ack timeout like any other lost frame.
     """
@@ -457,11 +478,27 @@ def catchup_chunk(
     batch = outgoing.rows(
         undelivered_for_recipient(recipient_id=recipient_id, after_seq=after_seq, kind=kind)[:limit]
     )
-    if not batch:
+    # The last chunk (short) explains every canceled seq after it; a full one, those it spans.
+    through = batch[-1].seq if len(batch) == limit else None
+    skips = schedule.skips_for_catchup(
+        recipient_id=recipient_id, kind=kind, after_seq=after_seq, through_seq=through
+    )
+    if not batch and not skips:
         return [], None
     moved = messages_mark_sent([m.pk for m in batch])
     frames = outgoing.outgoing([m for m in batch if m.pk in moved])
-    return frames, batch[-1].seq
+    if skips:
+        sent_seqs = [m.seq for m in batch if m.pk in moved]
+        frames = _with_skips(frames, sent_seqs, skips, bridge.party_group(kind, recipient_id))
+    # A short chunk was the last one: nothing is left to look at.
+    return frames, (batch[-1].seq if through is not None else None)
+
+
+def _with_skips(frames: list[Outgoing], seqs: list[int], skips: list[int], group: str) -> list[Outgoing]:
+    """Merge `skip` frames for the canceled `skips` into `frames` (of `seqs`), in seq order."""
+    items = [(seq, frame) for seq, frame in zip(seqs, frames, strict=True)]
+    items += [(seq, Outgoing(None, group, schedule.skip_frame_text(seq))) for seq in skips]
+    return [frame for _, frame in sorted(items, key=lambda item: item[0])]
 
 
 def _record_attempts(

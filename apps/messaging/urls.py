@@ -10,6 +10,7 @@ urlpatterns = [
         "messages/broadcast/<str:broadcast_id>/", apis.BroadcastDetailApi.as_view(), name="broadcast-detail"
     ),
     path("messages/<str:message_id>/", apis.MessageDetailApi.as_view(), name="message-detail"),
+    path("messages/<str:message_id>/cancel/", apis.MessageCancelApi.as_view(), name="message-cancel"),
     path("dead-letters/", apis.DeadLetterListApi.as_view(), name="dead-letter-list"),
     path("dead-letters/requeue/", apis.DeadLetterBulkRequeueApi.as_view(), name="dead-letter-bulk-requeue"),
     path("dead-letters/<str:dead_letter_id>/", apis.DeadLetterDetailApi.as_view(), name="dead-letter-detail"),

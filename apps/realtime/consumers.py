@@ -137,7 +137,8 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
                 recipient_id=self.user_id, after_seq=after_seq, limit=chunk, kind=self.kind
             )
             for outgoing in frames:
-                self.catchup_ids.add(str(outgoing.pk))
+                if outgoing.pk is not None:  # None: a `skip` frame, nothing to deduplicate
+                    self.catchup_ids.add(str(outgoing.pk))
                 await self.send(text_data=outgoing.frame)
             if last_seq is None:
                 return

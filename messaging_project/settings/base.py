@@ -261,6 +261,16 @@ AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=1)
 WEB_THREADS = env.int("WEB_THREADS", default=16)
 WEB_MAX_IN_FLIGHT = env.int("WEB_MAX_IN_FLIGHT", default=32)
 
+# --- Pages for people (apps/ops/views.py) --------------------------------------------------
+# The client simulator `/simulator/` (a browser page acting as a mobile app): local runs only
+# unless asked; 404 when off.
+SIMULATOR_ENABLED = env.bool("SIMULATOR_ENABLED", default=False)
+# The ops dashboard `/ops/` polls this often, and one computation of its figures serves every
+# viewer of a host for this long (SPEC.md section 9: at most 2 s).
+OPS_DASHBOARD_INTERVAL_SECONDS = env.float("OPS_DASHBOARD_INTERVAL_SECONDS", default=1)
+if not 0 < OPS_DASHBOARD_INTERVAL_SECONDS <= 2:
+    raise environ.ImproperlyConfigured("OPS_DASHBOARD_INTERVAL_SECONDS must be in (0, 2]")
+
 # --- Flow control (SPEC.md section 4) ------------------------------------------------------
 # Per-tier send limits are fixed by the spec (apps/messaging/flow.py); this switch exists for
 # load tests that must measure the pipeline rather than the limiter.

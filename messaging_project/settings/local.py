@@ -8,3 +8,4 @@ from .base import env
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="local-only-insecure-key-do-not-deploy")
 PROMETHEUS_MULTIPROC_DIR = metrics_directory_use(PROMETHEUS_MULTIPROC_DIR)  # noqa: F405
+SIMULATOR_ENABLED = env.bool("SIMULATOR_ENABLED", default=True)

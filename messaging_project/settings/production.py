@@ -15,4 +15,6 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# A development aid (SPEC.md section 9): off in production whatever the environment says.
+SIMULATOR_ENABLED = False
 PROMETHEUS_MULTIPROC_DIR = metrics_directory_use(PROMETHEUS_MULTIPROC_DIR)  # noqa: F405

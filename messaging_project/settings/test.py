@@ -37,6 +37,10 @@ MESSAGING_RELAY_ON_COMMIT = env.bool("MESSAGING_RELAY_ON_COMMIT", default=True)
 # Tests deactivate users and revoke tokens and expect it at once (tests/accounts turns it on).
 AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=0)
 
+# The simulator's tests (and the browser tests' processes) need it; tests/ops turn it off to
+# check the 404.
+SIMULATOR_ENABLED = env.bool("SIMULATOR_ENABLED", default=True)
+
 # Metrics go to a temporary directory of this test run, shared with the processes it starts
 # (the end-to-end stack inherits the environment); the process that made it removes it.
 if env(METRICS_ENV, default=""):

@@ -23,6 +23,7 @@ from .conftest import queued_tasks
 ANDROID = "fcm-registration-token-android-1"
 IOS = "a1" * 32
 WINDOW_TASK = "apps.devices.tasks.push_window_end"
+FIRST_TASK = "apps.devices.tasks.push_first"
 PARIS = ZoneInfo("Europe/Paris")
 
 
@@ -100,8 +101,8 @@ def test_burst_of_twenty_messages_gives_one_coalesced_push_with_the_newest_and_t
         for i in range(20)
     ]
 
-    windows = queued_tasks(redis, WINDOW_TASK)
-    assert len(windows) == 1
+    # One window: the first message's push at once, one more at its end for the other 19.
+    assert len(queued_tasks(redis, FIRST_TASK)) == len(queued_tasks(redis, WINDOW_TASK)) == 1
     assert push.push_window_close(recipient_id=recipient.pk) == "sent"
 
     [fcm] = providers.fcm.to(ANDROID)
@@ -119,12 +120,49 @@ def test_window_opens_once_and_again_after_it_expired(redis, recipient, settings
     assert push.push_schedule(recipient_id=recipient.pk) is True
     assert push.push_schedule(recipient_id=recipient.pk) is False
     assert 0 < redis.ttl(f"push:window:{recipient.pk}") <= 10
+    # The first push goes at once (no eta); the window's end is due after it.
+    [first] = queued_tasks(redis, FIRST_TASK)
+    assert (first.args, first.eta) == ([recipient.pk], None)
     [task] = queued_tasks(redis, WINDOW_TASK)
     assert task.eta is not None and (task.eta - timezone.now()).total_seconds() > 8
 
     redis.delete(f"push:window:{recipient.pk}")  # what the expiry does at the end of the window
     assert push.push_schedule(recipient_id=recipient.pk) is True
-    assert len(queued_tasks(redis, WINDOW_TASK)) == 2
+    assert len(queued_tasks(redis, FIRST_TASK)) == len(queued_tasks(redis, WINDOW_TASK)) == 2
+
+
+def test_the_end_of_a_window_pushes_again_only_if_messages_arrived_during_it(
+    providers, sender, recipient, devices, redis, django_capture_on_commit_callbacks
+):
+    first = send_offline(sender, recipient, django_capture_on_commit_callbacks, content="first")
+    assert push.push_window_close(recipient_id=recipient.pk) == "sent"  # push_first's work
+    assert push.push_window_trail(recipient_id=recipient.pk) == "quiet"  # nothing came after it
+
+    redis.delete(f"push:window:{recipient.pk}")
+    second = send_offline(sender, recipient, django_capture_on_commit_callbacks, content="second")
+    push.push_window_close(recipient_id=recipient.pk)
+    later = [
+        send_offline(sender, recipient, django_capture_on_commit_callbacks, content=f"later {n}")
+        for n in range(3)
+    ]
+
+    assert push.push_window_trail(recipient_id=recipient.pk) == "sent"
+    assert push.push_window_trail(recipient_id=recipient.pk) == "quiet"  # once per window
+    pushed = [r.message["data"]["message_id"] for r in providers.fcm.to(ANDROID)]
+    assert pushed == [str(first.pk), str(second.pk), str(later[-1].pk)]
+    # The count is of everything still undelivered, the first two included.
+    assert providers.fcm.to(ANDROID)[-1].message["data"]["count"] == "5"
+
+
+def test_a_trailing_push_is_dropped_when_everything_was_acked_first(
+    providers, sender, recipient, devices, redis, django_capture_on_commit_callbacks
+):
+    messages = [send_offline(sender, recipient, django_capture_on_commit_callbacks) for _ in range(3)]
+    push.push_window_close(recipient_id=recipient.pk)
+    services.messages_acknowledge(recipient_id=recipient.pk, message_ids=[m.pk for m in messages])
+
+    assert push.push_window_trail(recipient_id=recipient.pk) == "nothing"
+    assert len(providers.fcm.to(ANDROID)) == 1
 
 
 def test_no_push_when_everything_was_acked_before_the_window_closed(
@@ -273,7 +311,8 @@ def test_tasks_run_the_window_the_retry_and_the_hold_release(
     message = send_offline(sender, recipient, django_capture_on_commit_callbacks)
     android, _ = devices
 
-    assert tasks.push_window_end.run(recipient.pk) == "sent"
+    assert tasks.push_first.run(recipient.pk) == "sent"
+    assert tasks.push_window_end.run(recipient.pk) == "quiet"  # nothing arrived after the first
     assert tasks.push_retry.run(str(message.pk), [android.pk], 2) == 1
     assert tasks.release_push_holds.run() == 0
 

@@ -13,16 +13,19 @@ from apps.messaging.models import Message, Status
 from tests.factories import MessageFactory
 
 Q, P, S, D, R, F = (Status.QUEUED, Status.PENDING, Status.SENT, Status.DELIVERED, Status.READ, Status.FAILED)
+SC, C = Status.SCHEDULED, Status.CANCELED
 
 # Written out independently of lifecycle.ALLOWED_SOURCES, as source -> reachable targets, so
 # that an accidental edit of the table shows up here.
 EXPECTED_TARGETS: dict[str, set[str]] = {
-    Q: {P, S, D, R, F},
-    P: {S, D, R, F},
+    SC: {Q, C},
+    Q: {P, S, D, R, F, C},
+    P: {S, D, R, F, C},
     S: {P, S, D, R, F},
     D: {R},
     R: set(),
     F: {Q},
+    C: set(),
 }
 ALL_PAIRS = [(source, target) for source in Status.values for target in Status.values]
 ALLOWED_PAIRS = [(s, t) for s, t in ALL_PAIRS if t in EXPECTED_TARGETS[s]]
@@ -89,6 +92,8 @@ def test_refused_transition_changes_nothing(source, target, earlier, sender, mob
 @pytest.mark.parametrize(("source", "target"), ALLOWED_PAIRS)
 def test_allowed_transition_moves_and_stamps(source, target, earlier, sender, mobile_user):
     message = _message_in(source, earlier, sender, mobile_user)
+    if source == SC and target == Q:  # a due scheduled message takes its seq first (schedule.py)
+        Message.objects.filter(pk=message.pk).update(seq=1)
     before = _snapshot(message.pk)
     now = timezone.now()
 
@@ -109,6 +114,8 @@ def test_allowed_transition_moves_and_stamps(source, target, earlier, sender, mo
         expected.update(failed_at=now, failure_reason="why", next_attempt_at=None)
     elif target == Q:
         expected.update(failed_at=None, failure_reason="", retry_count=0)
+    elif target == C:
+        expected.update(canceled_at=now, failure_reason="why", next_attempt_at=None)
     assert after == expected
 
 
@@ -148,6 +155,8 @@ def test_bulk_transition_moves_only_allowed_sources(sender, mobile_user, earlier
         by_status[D].pk: D,
         by_status[R].pk: R,
         by_status[F].pk: F,
+        by_status[SC].pk: SC,
+        by_status[C].pk: C,
     }
     # The delivered one kept its original ack time.
     assert Message.objects.get(pk=by_status[D].pk).delivered_at == earlier

@@ -22,12 +22,13 @@ from django.utils import timezone
 from apps.media.models import Media
 from apps.media.services import media_delete_many
 
+from .lifecycle import TERMINAL
 from .models import Message
 
 logger = logging.getLogger(__name__)
 
-# By name, so a status added later (canceled) counts as soon as it exists.
-TERMINAL_STATUSES = ("read", "failed", "canceled")
+# The lifecycle's terminal statuses (read, failed, canceled): nothing moves a message out of them.
+TERMINAL_STATUSES = sorted(TERMINAL)
 PURGE_CHUNK = 1000
 
 

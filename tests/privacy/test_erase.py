@@ -213,3 +213,21 @@ def test_a_deactivated_user_can_still_be_erased_from_the_admin(mobile_user):
 
     assert MobileUser.objects.get(pk=mobile_user.pk).phone_number == erased_phone_placeholder(mobile_user.pk)
     assert not DeviceToken.objects.filter(mobile_user=mobile_user).exists()
+
+
+def test_erase_wipes_scheduled_messages_which_fail_once_due(sender, mobile_user):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    message = services.message_send(
+        sender=sender,
+        recipient_phone_number=mobile_user.phone_number,
+        content="scheduled secret",
+        send_at=timezone.now() + timedelta(hours=1),
+    )
+    mobile_user_erase(mobile_user=mobile_user, actor=None)
+
+    message.refresh_from_db()
+    # Scheduled is left only when due (lifecycle), but nothing of what it said is kept.
+    assert (message.status, message.content) == (Status.SCHEDULED, "")

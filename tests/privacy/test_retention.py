@@ -140,3 +140,18 @@ def test_the_daily_job_is_scheduled_and_runs_the_purge(settings_90):
     assert entry["schedule"] == 24 * 3600
     terminal(Status.FAILED, days=91)
     assert purge_expired_messages.apply().get() == 1
+
+
+def test_canceled_messages_are_purged_too(settings_90, sender, mobile_user):
+    from apps.messaging.schedule import message_cancel
+
+    message = services.message_send(
+        sender=sender,
+        recipient_phone_number=mobile_user.phone_number,
+        content="withdrawn",
+        send_at=timezone.now() + timedelta(hours=1),
+    )
+    assert message_cancel(sender=sender, message_id=message.pk).status == Status.CANCELED
+    aged(message, 91)
+
+    assert retention.messages_purge_expired() == 1

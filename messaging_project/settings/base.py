@@ -36,6 +36,8 @@ INSTALLED_APPS = [
     "apps.ops",
     "apps.media",
     "apps.devices",
+    "apps.audit",
+    "apps.privacy",
 ]
 
 MIDDLEWARE = [
@@ -48,6 +50,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "apps.audit.middleware.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -85,8 +88,28 @@ def with_connection_pool(database: dict) -> dict:
     database.setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=1),
         "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
-        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10),
+        # How long a request waits for a connection. Web threads never outnumber the pool, so
+        # this is only reached when the database is unreachable: the request then fails fast
+        # (503 with Retry-After, apps/ops/exceptions.py) instead of hanging.
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=1),
+        # The pool retries a lost database with a doubling delay for this long, then starts
+        # over with the next request: a database back after a long outage is used again within
+        # seconds, not after a backoff of minutes.
+        "reconnect_timeout": env.float("DATABASE_POOL_RECONNECT_TIMEOUT", default=5),
     }
+    return database
+
+
+def with_connect_timeout(database: dict) -> dict:
+    """Bound a PostgreSQL connection attempt (DATABASE_CONNECT_TIMEOUT seconds, libpq's own).
+
+    Without it, a database host that accepts and never answers (a blackholed network) holds a
+    connection attempt for the kernel's TCP timeout, minutes.
+    """
+    if database["ENGINE"] == "django.db.backends.postgresql":
+        database.setdefault("OPTIONS", {}).setdefault(
+            "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=2)
+        )
     return database
 
 
@@ -100,7 +123,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # between the web, worker and beat processes, and waits for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).update(transaction_mode="IMMEDIATE", timeout=20)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-DATABASES["default"] = with_connection_pool(DATABASES["default"])
+DATABASES["default"] = with_connect_timeout(with_connection_pool(DATABASES["default"]))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -225,6 +248,8 @@ MESSAGING_EXPIRY_SWEEP_SECONDS = env.float("MESSAGING_EXPIRY_SWEEP_SECONDS", def
 MESSAGING_SWEEP_BATCH = env.int("MESSAGING_SWEEP_BATCH", default=1000)
 MESSAGING_CATCHUP_CHUNK = env.int("MESSAGING_CATCHUP_CHUNK", default=500)
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48)
+# Data protection (SPEC.md section 10): terminal messages older than this are purged daily.
+MESSAGING_RETENTION_DAYS = env.int("MESSAGING_RETENTION_DAYS", default=90)
 REALTIME_TICKET_TTL_SECONDS = 60
 # Each process remembers a token's owner (with its permissions) this long: revocation and
 # permission changes take up to this long to apply; 0 looks every token up on every request.
@@ -417,6 +442,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.messaging.tasks.sweep_broadcasts",
         "schedule": BROADCAST_SWEEP_SECONDS,
         "options": _SWEEP,
+    },
+    # Retention: purge terminal messages older than MESSAGING_RETENTION_DAYS, in chunks.
+    "retention": {
+        "task": "apps.privacy.tasks.purge_expired_messages",
+        "schedule": 24 * 3600,
+        "options": {"queue": "low", "expires": 12 * 3600},
     },
     # Media: remove uploads unattached for 24 h, re-dispatch lost thumbnail work.
     "media": {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from apps.messaging.retention import messages_purge_expired
+from apps.messaging.services import messages_purge_expired
 
 
 @shared_task(acks_late=True)

@@ -12,8 +12,9 @@ from django.utils import timezone
 from apps.conversations.models import Conversation
 from apps.conversations.services import conversation_message_send
 from apps.media.models import Media
-from apps.messaging import lifecycle, retention, services
+from apps.messaging import lifecycle, services
 from apps.messaging.models import DeadLetter, DeliveryAttempt, Message, Outcome, Status
+from apps.messaging.services import retention
 from apps.privacy.tasks import purge_expired_messages
 from messaging_project.settings.base import CELERY_BEAT_SCHEDULE
 from tests.factories import ConversationFactory, MessageFactory
@@ -143,7 +144,7 @@ def test_the_daily_job_is_scheduled_and_runs_the_purge(settings_90):
 
 
 def test_canceled_messages_are_purged_too(settings_90, sender, mobile_user):
-    from apps.messaging.schedule import message_cancel
+    from apps.messaging.services import message_cancel
 
     message = services.message_send(
         sender=sender,

@@ -6,7 +6,7 @@
 - deliver and chunks: a message, a backlog, a catch-up, the relay's chunks;
 - receipts: acks and reads from the devices;
 - failures: release, fail, dead letters, requeue;
-- sweeps: the periodic jobs.
+- sweeps: the periodic jobs; retention: the purge of old terminal messages.
 
 Every status change goes through `lifecycle.transition`. Every task is enqueued after the
 transaction that made it necessary has committed, and every sweep claims its rows with a
@@ -34,6 +34,7 @@ from .deliver import (
 from .failures import dead_letter_delete, dead_letters_requeue, messages_fail, messages_release_unacked
 from .idempotency import idempotency_keys_purge
 from .receipts import Receipt, messages_acknowledge, messages_mark_read, receipts_apply
+from .retention import messages_purge_expired
 from .schedule import (
     message_cancel,
     scheduled_next_due_at,
@@ -75,6 +76,7 @@ __all__ = [
     "messages_fail",
     "messages_mark_read",
     "messages_mark_sent",
+    "messages_purge_expired",
     "messages_release_unacked",
     "messages_send_batch",
     "messages_send_batch_idempotent",

@@ -22,8 +22,8 @@ from django.utils import timezone
 from apps.media.models import Media
 from apps.media.services import media_delete_many
 
-from .lifecycle import TERMINAL
-from .models import Message
+from ..lifecycle import TERMINAL
+from ..models import Message
 
 logger = logging.getLogger(__name__)
 

@@ -200,6 +200,8 @@ class Stack:
         self.beat: Process | None = None
         self._incarnations = itertools.count(1)
         self._retired: list[Process] = []
+        # Beats started next to the first one (tests of two relays and two schedulers at once).
+        self.extra_beats: list[Process] = []
 
     @property
     def business_ws_url(self) -> str:
@@ -224,7 +226,12 @@ class Stack:
     def spawn_all(self) -> None:
         """Start redis-server, daphne, the worker and beat, without waiting for them."""
         self.start_redis()
-        self.web = self._spawn(
+        self.web = self._spawn_web()
+        self.worker = self._spawn_worker()
+        self.beat = self._spawn_beat()
+
+    def _spawn_web(self) -> Process:
+        return self._spawn(
             "web",
             [
                 str(BIN / "python"),
@@ -238,8 +245,9 @@ class Stack:
                 str(self.web_processes),
             ],
         )
-        self.worker = self._spawn_worker()
-        self.beat = self._spawn(
+
+    def _spawn_beat(self, schedule: str = "beat-schedule") -> Process:
+        return self._spawn(
             "beat",
             [
                 str(BIN / "celery"),
@@ -249,13 +257,15 @@ class Stack:
                 "-l",
                 self.beat_log_level,
                 "--schedule",
-                str(self.workdir / "beat-schedule"),
+                str(self.workdir / schedule),
             ],
         )
 
     def close(self) -> None:
         """Stop every process this stack started, all at once, then the broker."""
-        apps = [p for p in (self.beat, self.worker, self.web, *self._retired) if p is not None]
+        apps = [
+            p for p in (self.beat, *self.extra_beats, self.worker, self.web, *self._retired) if p is not None
+        ]
         for proc in apps:
             if proc.alive():
                 proc.signal_group(signal.SIGTERM)
@@ -370,10 +380,38 @@ class Stack:
         self.worker = self._spawn_worker()
         self.wait_worker_ready()
 
+    def kill_web(self) -> None:
+        """SIGKILL the web process group (the supervisor and every daphne): no disconnect runs."""
+        assert self.web is not None
+        self.web.kill()
+        self._retired.append(self.web)
+        self.web = None
+
+    def start_web(self) -> None:
+        """Start the web process again on the same port and wait until it answers."""
+        self.web = self._spawn_web()
+        self.wait_web_ready()
+
+    def start_extra_beat(self) -> Process:
+        """Start one more Celery beat (with its own schedule file, so its own relay thread)."""
+        beat = self._spawn_beat(f"beat-schedule-{len(self.extra_beats) + 2}")
+        self.extra_beats.append(beat)
+        wait_until(
+            lambda: "beat: Starting" in beat.log_text(),
+            timeout=60,
+            what="the extra celery beat to start",
+            diagnostics=self.diagnostics,
+        )
+        return beat
+
     # --- diagnostics --------------------------------------------------------------------
 
     def processes(self) -> list[Process]:
-        return [p for p in (*self._retired, self.redis, self.web, self.worker, self.beat) if p is not None]
+        return [
+            p
+            for p in (*self._retired, self.redis, self.web, self.worker, self.beat, *self.extra_beats)
+            if p is not None
+        ]
 
     def diagnostics(self) -> str:
         """Return the tail of every process's log, for assertion messages."""
@@ -442,6 +480,8 @@ class MobileSocket:
         headers = {"Authorization": f"Token {token}"} if token else None
         self.acking = acking
         self.frames: list[dict] = []
+        # When each frame arrived (time.time(), comparable with the server's timestamps).
+        self.arrivals: list[float] = []
         self.close_code: int | None = None
         self._changed = threading.Condition()
         self._conn: ClientConnection = connect(
@@ -454,10 +494,12 @@ class MobileSocket:
         try:
             for raw in self._conn:
                 frame = json.loads(raw)
+                arrived = time.time()  # before the ack: the server's delivered_at comes after it
                 if frame.get("type") == "message" and self.acking:
                     self.send({"type": "ack", "message_ids": [frame["message"]["id"]]})
                 with self._changed:
                     self.frames.append(frame)
+                    self.arrivals.append(arrived)
                     self._changed.notify_all()
         except ConnectionClosed:
             pass

@@ -123,12 +123,12 @@ def _author(row: Row) -> dict[str, Any]:
     }
 
 
-def _attachments_of(message_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[dict]]:
-    found: dict[uuid.UUID, list[dict]] = defaultdict(list)
+def _media_of(message_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Media]]:
+    found: dict[uuid.UUID, list[Media]] = defaultdict(list)
     for media in Media.objects.filter(message_id__in=message_ids).order_by(
         "message_id", "position", "created_at"
     ):
-        found[media.message_id].append(attachment_payload(media))
+        found[media.message_id].append(media)
     return found
 
 
@@ -154,12 +154,24 @@ def encode_frame(message_payload: dict[str, Any]) -> str:
     return json.dumps({"type": "message", "message": message_payload}, separators=(",", ":"))
 
 
-def outgoing(delivery_rows: list[Row]) -> list[Outgoing]:
-    """Encode the frames of `delivery_rows` (one query for all their attachments)."""
+def encode(delivery_rows: list[Row]) -> tuple[list[Outgoing], dict[uuid.UUID, Exception]]:
+    """Encode the frames of `delivery_rows` (one query for all their attachments).
+
+    Return the frames, and apart from them the messages whose frame could not be built, with
+    the error: stored data that breaks the encoding (an attachment whose thumbnail key names no
+    known format, ...) would break every delivery that includes it, the same way each time.
+    Kept apart, such a message neither blocks the others nor is retried forever; the caller
+    dead-letters it.
+    """
     if not delivery_rows:
-        return []
-    attachments = _attachments_of([r.pk for r in delivery_rows])
-    return [
-        Outgoing(r.pk, party_group(*r.party), encode_frame(payload(r, attachments.get(r.pk, []))))
-        for r in delivery_rows
-    ]
+        return [], {}
+    media_of = _media_of([r.pk for r in delivery_rows])
+    frames: list[Outgoing] = []
+    poisoned: dict[uuid.UUID, Exception] = {}
+    for r in delivery_rows:
+        try:
+            attachments = [attachment_payload(media) for media in media_of.get(r.pk, [])]
+            frames.append(Outgoing(r.pk, party_group(*r.party), encode_frame(payload(r, attachments))))
+        except Exception as exc:  # noqa: BLE001 - any error of this row's data is this row's
+            poisoned[r.pk] = exc
+    return frames, poisoned

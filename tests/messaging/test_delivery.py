@@ -411,11 +411,11 @@ def test_a_failed_group_send_returns_only_its_recipients_messages_to_pending(
     monkeypatch.setattr(bridge, "group_send_many", first_group_fails)
     with pytest.raises(ConnectionError):
         services.messages_write(
-            outgoing.outgoing(
+            outgoing.encode(
                 outgoing.rows(
                     Message.objects.filter(pk__in=[first.pk, second.pk]).order_by("seq", "recipient_id")
                 )
-            )
+            )[0]
         )
 
     statuses = dict(Message.objects.values_list("pk", "status"))

@@ -14,7 +14,7 @@ from apps.devices.services import push_schedule
 from .. import lifecycle, outgoing
 from ..models import Message, Outcome, Status
 from .attempts import attempts_record
-from .deliver import message_deliver, messages_write
+from .deliver import frames_encode, message_deliver, messages_write
 from .failures import messages_fail
 from .policy import DUE_TOLERANCE, strict_ordering
 
@@ -80,7 +80,7 @@ def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
     if offline:
         report.offline_recipients = _hold_offline(offline, now=now)
         report.offline = len(offline)
-    report.sent = messages_write(outgoing.outgoing([m for m in live if m.party in online]))
+    report.sent = messages_write(frames_encode([m for m in live if m.party in online]))
     return report
 
 

@@ -84,7 +84,7 @@ def message_deliver(*, message_id: str | uuid.UUID) -> str:
                 if kind == PartyKind.MOBILE:  # business users have no devices to wake
                     transaction.on_commit(lambda: push_schedule(recipient_id=recipient_id))
         return "offline"
-    messages_write(outgoing.outgoing(outgoing.rows(Message.objects.filter(pk=message.pk))))
+    messages_write(frames_encode(outgoing.rows(Message.objects.filter(pk=message.pk))))
     return "sent"
 
 
@@ -114,7 +114,7 @@ def recipient_deliver_backlog(*, recipient_id: int, kind: str = PartyKind.MOBILE
             if m.next_attempt_at is None or m.next_attempt_at <= now
         ]
     if batch:
-        messages_write(outgoing.outgoing(batch))
+        messages_write(frames_encode(batch))
     return len(batch)
 
 
@@ -169,6 +169,19 @@ def messages_write(messages: list[Outgoing]) -> int:
     return len(moved)
 
 
+def frames_encode(delivery_rows: list[outgoing.Row]) -> list[Outgoing]:
+    """Encode the rows' frames; dead-letter at once each message whose frame cannot be built.
+
+    Such an error comes from the message's stored data (outgoing.encode), so a retry would
+    fail the same way: it is permanent, and the recipient's other messages go on without it.
+    """
+    frames, poisoned = outgoing.encode(delivery_rows)
+    for pk, exc in poisoned.items():
+        logger.error("message.frame_encoding_failed", extra={"message_id": str(pk), "error": repr(exc)})
+        messages_fail(Message.objects.filter(pk=pk), reason=f"frame encoding failed: {exc!r}"[:500])
+    return frames
+
+
 def messages_mark_sent(message_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     """Move the messages to `sent` with a fresh ack deadline; record the attempts."""
     now = timezone.now()
@@ -209,7 +222,7 @@ def catchup_chunk(
     if not batch and not skips:
         return [], None
     moved = messages_mark_sent([m.pk for m in batch])
-    frames = outgoing.outgoing([m for m in batch if m.pk in moved])
+    frames = frames_encode([m for m in batch if m.pk in moved])
     if skips:
         sent_seqs = [m.seq for m in batch if m.pk in moved]
         frames = _with_skips(frames, sent_seqs, skips, bridge.party_group(kind, recipient_id))

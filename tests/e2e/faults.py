@@ -39,14 +39,45 @@ class Arrival:
     at: float
 
 
-class App:
+class Recorded:
+    """What one app received over its `sockets` (connections, in the order they opened)."""
+
+    def __init__(self, stack: Stack, sockets: Iterable[MobileSocket] = ()) -> None:
+        self.stack = stack
+        self.sockets: list[MobileSocket] = list(sockets)
+
+    def arrivals(self) -> list[Arrival]:
+        """Return every `message` frame received on every connection so far, in arrival order."""
+        found = []
+        for n, socket in enumerate(list(self.sockets)):
+            with socket._changed:
+                pairs = list(zip(socket.frames, socket.arrivals, strict=True))
+            found += [
+                Arrival(n, f["message"]["id"], f["message"]["seq"], at)
+                for f, at in pairs
+                if f.get("type") == "message"
+            ]
+        return sorted(found, key=lambda a: a.at)
+
+    def message_ids(self) -> set[str]:
+        return {a.message_id for a in self.arrivals()}
+
+    def wait_for_all(self, ids: Iterable[str], *, timeout: float) -> None:
+        wanted = set(ids)
+        self.stack.wait(
+            lambda: wanted <= self.message_ids(),
+            timeout=timeout,
+            what=f"the app to receive {len(wanted)} messages (missing {len(wanted - self.message_ids())})",
+        )
+
+
+class App(Recorded):
     """A mobile app that keeps one socket open (reconnecting) and acks everything it receives."""
 
     def __init__(self, stack: Stack, token: str, *, ws_url: str | None = None) -> None:
-        self.stack = stack
+        super().__init__(stack)
         self.token = token
         self.ws_url = ws_url or stack.ws_url
-        self.sockets: list[MobileSocket] = []
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fault-app", daemon=True)
@@ -75,30 +106,6 @@ class App:
         socket = self.sockets[-1]
         socket.wait_ready(timeout=timeout)
         return socket
-
-    def arrivals(self) -> list[Arrival]:
-        """Return every `message` frame received on every connection so far, in arrival order."""
-        found = []
-        for n, socket in enumerate(list(self.sockets)):
-            with socket._changed:
-                pairs = list(zip(socket.frames, socket.arrivals, strict=True))
-            found += [
-                Arrival(n, f["message"]["id"], f["message"]["seq"], at)
-                for f, at in pairs
-                if f.get("type") == "message"
-            ]
-        return sorted(found, key=lambda a: a.at)
-
-    def message_ids(self) -> set[str]:
-        return {a.message_id for a in self.arrivals()}
-
-    def wait_for_all(self, ids: Iterable[str], *, timeout: float) -> None:
-        wanted = set(ids)
-        self.stack.wait(
-            lambda: wanted <= self.message_ids(),
-            timeout=timeout,
-            what=f"the app to receive {len(wanted)} messages (missing {len(wanted - self.message_ids())})",
-        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -172,7 +179,7 @@ def duplicates_to_app(arrivals: list[Arrival], delivered_at: dict[str, float]) -
     return duplicates
 
 
-def figures(name: str, ids: list[str], apps: list[App], **other: object) -> dict[str, object]:
+def figures(name: str, ids: list[str], apps: list[Recorded], **other: object) -> dict[str, object]:
     """Print and return the fault's figure line for the accepted `ids` (statuses from PostgreSQL).
 
     `apps` are the recipients' apps (empty: judge by the statuses alone).

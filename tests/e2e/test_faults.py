@@ -22,12 +22,11 @@ import uuid
 
 import pytest
 
-from apps.devices.models import DeviceToken
 from apps.media.models import Media, MediaStatus, MediaType
 from apps.messaging.models import DeadLetter, Message, Status
 
-from .faults import DELIVERED, App, Sender, figures
-from .harness import Stack, wait_until
+from .faults import DELIVERED, App, Recorded, Sender, figures
+from .harness import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -126,3 +125,172 @@ def test_web_killed_with_clients_connected_they_reconnect_and_nothing_accepted_i
     # The seqs the apps saw are each recipient's 1..N: nothing skipped, nothing invented.
     for app, s in zip(apps_, senders, strict=True):
         assert sorted({a.seq for a in app.arrivals()}) == list(range(1, len(s.accepted) + 1))
+
+
+# --- 2. Redis restarted under load --------------------------------------------------------
+
+# Well under the 30 s ack timeout: a frame lost in the restart and left to that timeout fails it.
+MAX_LATENCY_AFTER_REDIS_SECONDS = 10.0
+
+
+@stack_env(MESSAGING_ACK_TIMEOUT_SECONDS="30")
+def test_redis_restarted_under_load_no_frame_waits_for_the_ack_timeout(e2e, apps_):
+    stack = e2e.stack
+    sender, mobile = e2e.sender(), e2e.mobile()
+    app = App(stack, mobile.token)
+    apps_.append(app)
+    app.wait_connected()
+    load = Sender(sender.api, mobile.user.phone_number, interval=0.05).start()
+    stack.wait(lambda: len(app.message_ids()) >= 10, timeout=20, what="deliveries before the restart")
+
+    stack.stop_redis()  # broker, channel layer, presence and the relay's wake-ups, all at once
+    time.sleep(1)
+    stack.start_redis()  # empty: presence and channel-layer subscriptions are gone
+    back_at = time.time()
+    time.sleep(4)
+    ids = load.stop()
+
+    app.wait_for_all(ids, timeout=25)
+    wait_all_delivered(stack, ids, timeout=25)
+    # Latency of each message after Redis is back: from its 202 (or from the restart, for the
+    # ones accepted earlier but not delivered by then) to its first frame at the app.
+    first_at: dict[str, float] = {}
+    for arrival in app.arrivals():
+        first_at.setdefault(arrival.message_id, arrival.at)
+    latencies = [first_at[pk] - max(load.accepted[pk], back_at) for pk in ids if first_at[pk] >= back_at]
+    worst = max(latencies)
+    result = figures(
+        "redis_restart",
+        ids,
+        [app],
+        refused=load.refused,
+        after_restart=len(latencies),
+        worst_latency_after_restart=worst,
+        reconnects=len(app.sockets) - 1,
+    )
+    assert result["lost"] == 0
+    assert result["duplicated_to_app"] == 0
+    assert latencies, "some messages must have been delivered after the restart"
+    assert worst < MAX_LATENCY_AFTER_REDIS_SECONDS, worst
+    assert all(p.alive() for p in (stack.web, stack.worker, stack.beat))
+
+
+# --- 3. a poison message ------------------------------------------------------------------
+
+
+def _image(sender) -> Media:
+    """An uploaded image of `sender`, ready, as media_upload leaves one (no thumbnails yet)."""
+    pk = uuid.uuid4()
+    return Media.objects.create(
+        id=pk,
+        sender=sender.user,
+        media_type=MediaType.IMAGE,
+        content_type="image/png",
+        size=1234,
+        file_name="photo.png",
+        storage_key=f"media/fault/{pk}.png",
+        status=MediaStatus.READY,
+    )
+
+
+def _poison(media: Media) -> None:
+    """Corrupt `media` as a buggy (or older) thumbnailer could: a thumbnail key without extension.
+
+    Every frame that carries it then fails to encode (no content type for its format).
+    """
+    Media.objects.filter(pk=media.pk).update(thumbnail_small_key=f"media/fault/{media.pk}-150")
+
+
+def test_poison_message_is_dead_lettered_and_does_not_block_the_recipients_others(e2e, apps_):
+    stack = e2e.stack
+    sender, mobile = e2e.sender(), e2e.mobile()
+
+    # The worker's path: frames written, never acked, so the ack timeout retries them; the
+    # attachment goes bad in between, and the retry must encode the others without it.
+    socket = e2e.connect(mobile, acking=False)
+    first = e2e.send(sender, mobile, "before")["id"]
+    poisoned = e2e.send(sender, mobile, "with a photo", attachment_ids=[str(_image(sender).pk)])["id"]
+    last = e2e.send(sender, mobile, "after")["id"]
+    socket.wait_for(lambda s: len(s.message_ids()) == 3, timeout=20, what="the three frames")
+    _poison(Media.objects.get(message_id=poisoned))
+    stack.wait(
+        lambda: Message.objects.get(pk=poisoned).status == Status.FAILED,
+        timeout=20,
+        what="the poison message to be dead-lettered by the worker",
+    )
+    socket.wait_for(
+        lambda s: sum(1 for m in s.messages() if m["id"] in (first, last)) >= 4,
+        timeout=20,
+        what="the retry of the two others",
+    )
+    socket.ack([first, last])
+    socket.close()
+    wait_all_delivered(stack, [first, last], timeout=20)
+
+    # The web's path: a reconnecting socket's catch-up, with the poison among what it claims.
+    offline = [e2e.send(sender, mobile, "offline 1")["id"]]
+    offline_poisoned = e2e.send(sender, mobile, "offline photo", attachment_ids=[str(_image(sender).pk)])[
+        "id"
+    ]
+    offline.append(e2e.send(sender, mobile, "offline 2")["id"])
+    stack.wait(
+        lambda: (
+            set(Message.objects.filter(pk__in=[*offline, offline_poisoned]).values_list("status", flat=True))
+            == {Status.PENDING}
+        ),
+        timeout=20,
+        what="the offline messages to be pending",
+    )
+    _poison(Media.objects.get(message_id=offline_poisoned))
+    app = App(stack, mobile.token)
+    apps_.append(app)
+    app.wait_connected()
+    app.wait_for_all(offline, timeout=20)
+    wait_all_delivered(stack, offline, timeout=20)
+    assert Message.objects.get(pk=offline_poisoned).status == Status.FAILED
+    assert app.sockets[0].stays_open(1), "the catch-up must not crash the socket"
+    assert offline_poisoned not in app.message_ids()
+
+    letters = {str(d.message_id): d.reason for d in DeadLetter.objects.all()}
+    assert set(letters) == {poisoned, offline_poisoned}
+    assert all(reason.startswith("frame encoding failed") for reason in letters.values()), letters
+    ids = [first, last, *offline]
+    result = figures(
+        "poison_message",
+        ids,
+        [Recorded(stack, [socket, *app.sockets])],
+        dead_lettered=len(letters),
+        retried_poison=Message.objects.get(pk=poisoned).retry_count,
+    )
+    assert result["lost"] == 0
+    assert result["duplicated_to_app"] == 0
+
+
+# --- 7. two beats at once -----------------------------------------------------------------
+
+
+def test_two_beats_two_relays_deliver_each_message_once(e2e, apps_):
+    stack = e2e.stack
+    second = stack.start_extra_beat()
+    sender = e2e.sender()
+    mobiles = [e2e.mobile() for _ in range(2)]
+    apps_ += [App(stack, m.token) for m in mobiles]
+    for app in apps_:
+        app.wait_connected()
+    senders = [Sender(sender.api, m.user.phone_number, interval=0.03).start() for m in mobiles]
+    time.sleep(8)
+    ids = [pk for s in senders for pk in s.stop()]
+    for app, s in zip(apps_, senders, strict=True):
+        app.wait_for_all(s.accepted, timeout=30)
+    wait_all_delivered(stack, ids, timeout=20)
+    time.sleep(2)  # a late duplicate (a second relay's publish) would arrive by now
+
+    relays = [p.log_text().count("relay.published") for p in (stack.beat, second)]
+    sweeps = [p.log_text().count("Sending due task") for p in (stack.beat, second)]
+    result = figures("two_beats", ids, apps_, relay_rounds=relays, sweeps_sent=sweeps)
+    assert result["lost"] == 0
+    assert result["duplicated_to_app"] == 0
+    # No socket dropped and every frame was acked at once: each id came exactly once.
+    assert result["redelivered"] == 0
+    assert all(len(app.sockets) == 1 for app in apps_)
+    assert all(n > 0 for n in sweeps), "both beats are scheduling the sweeps"

@@ -17,13 +17,20 @@ exhausting them; one test runs with the spec's 30 s ack timeout to show no frame
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 
 import pytest
 
+from apps.devices.models import DeviceToken
 from apps.media.models import Media, MediaStatus, MediaType
 from apps.messaging.models import DeadLetter, Message, Status
+from tests.devices.fake_apns import FakeApns
+from tests.devices.fake_apns import Reply as ApnsReply
+from tests.devices.fake_fcm import FakeFcm
+from tests.devices.fake_fcm import Reply as FcmReply
+from tests.devices.pki import APNS_KEY_ID, APNS_TEAM_ID, APNS_TOPIC, make_pki
 
 from .faults import DELIVERED, App, Recorded, Sender, figures
 from .harness import Stack
@@ -294,3 +301,100 @@ def test_two_beats_two_relays_deliver_each_message_once(e2e, apps_):
     assert result["redelivered"] == 0
     assert all(len(app.sockets) == 1 for app in apps_)
     assert all(n > 0 for n in sweeps), "both beats are scheduling the sweeps"
+
+
+# --- 4. push providers: FCM 503/429 with Retry-After, APNS 410 ----------------------------
+
+FCM_RETRY_AFTER = (3, 2)  # seconds, in the provider's Retry-After of its 503 then its 429
+ANDROID_TOKEN = "fault-android-token"
+IOS_TOKEN = "a0" * 32
+
+
+@pytest.fixture(scope="module")
+def push_servers(tmp_path_factory):
+    """The local FCM (HTTP) and APNS (HTTP/2, TLS) servers of tests/devices, for the worker."""
+    pki = make_pki(tmp_path_factory.mktemp("push-pki"))
+    fcm = FakeFcm(pki.google_public_pem).start()
+    apns = FakeApns(
+        cert_file=pki.server_cert_file,
+        key_file=pki.server_key_file,
+        auth_public_pem=pki.apns_public_pem,
+        team_id=APNS_TEAM_ID,
+        key_id=APNS_KEY_ID,
+    ).start()
+    account = pki.service_account_file(tmp_path_factory.mktemp("fcm"), f"{fcm.url}/token")
+    yield pki, fcm, apns, account
+    fcm.stop()
+    apns.stop()
+
+
+@pytest.fixture
+def push_env(push_servers) -> dict[str, str]:
+    """Environment that points the worker's real firebase-admin and aioapns at the local servers."""
+    pki, fcm, apns, account = push_servers
+    fcm.reset()
+    apns.reset()
+    return {
+        "PUSH_BACKEND": "live",
+        "FCM_CREDENTIALS_FILE": str(account),
+        "FCM_ENDPOINT_URL": fcm.url,
+        "APNS_KEY_FILE": str(pki.apns_key_file),
+        "APNS_KEY_ID": APNS_KEY_ID,
+        "APNS_TEAM_ID": APNS_TEAM_ID,
+        "APNS_TOPIC": APNS_TOPIC,
+        "APNS_ENDPOINT": apns.endpoint,
+        "APNS_CA_FILE": str(pki.ca_file),
+        "PUSH_SEND_TIMEOUT_SECONDS": "5",
+    }
+
+
+@stack_env("push_env")
+def test_push_provider_errors_retry_after_is_honoured_and_410_deactivates_the_token(e2e, apps_, push_servers):
+    _pki, fcm, apns, _account = push_servers
+    stack = e2e.stack
+    sender, mobile = e2e.sender(), e2e.mobile()
+    for token, platform in ((ANDROID_TOKEN, "android"), (IOS_TOKEN, "ios")):
+        response = e2e.api.as_(mobile.token).post("/api/v1/devices/", {"token": token, "platform": platform})
+        assert response.status == 201, response.body
+    fcm.answer(
+        ANDROID_TOKEN,
+        FcmReply("UNAVAILABLE", "", "The service is unavailable.", retry_after=str(FCM_RETRY_AFTER[0])),
+        FcmReply(
+            "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "Quota exceeded.", retry_after=str(FCM_RETRY_AFTER[1])
+        ),
+    )
+    apns.answer(IOS_TOKEN, ApnsReply(410, "Unregistered"))
+
+    message_id = e2e.send(sender, mobile, "wake up")["id"]  # the recipient is offline
+    stack.wait(lambda: len(fcm.to(ANDROID_TOKEN)) == 3, timeout=30, what="the FCM send and its two retries")
+    stack.wait(
+        lambda: not DeviceToken.objects.get(token=IOS_TOKEN).is_active,
+        timeout=10,
+        what="the APNS 410 token to be deactivated",
+    )
+    tries = [r.at for r in fcm.to(ANDROID_TOKEN)]
+    waits = [later - earlier for earlier, later in itertools.pairwise(tries)]
+    time.sleep(1)  # a retry sent too early, or a fourth one, would show by now
+    assert len(fcm.to(ANDROID_TOKEN)) == 3
+    assert all(w >= ra for w, ra in zip(waits, FCM_RETRY_AFTER, strict=True)), waits
+    android, ios = DeviceToken.objects.get(token=ANDROID_TOKEN), DeviceToken.objects.get(token=IOS_TOKEN)
+    assert (android.is_active, android.consecutive_failures, android.last_error) == (True, 0, "")
+    assert ios.is_active is False and "Unregistered" in ios.last_error
+    assert len(apns.to(IOS_TOKEN)) == 1  # a deactivated token is never tried again
+    assert Message.objects.get(pk=message_id).status == Status.PENDING  # a push is no delivery
+
+    app = App(stack, mobile.token)  # the woken app connects and acks
+    apps_.append(app)
+    app.wait_for_all([message_id], timeout=20)
+    wait_all_delivered(stack, [message_id], timeout=20)
+    result = figures(
+        "push_provider_errors",
+        [message_id],
+        [app],
+        fcm_tries=len(tries),
+        fcm_waits="/".join(f"{w:.2f}s" for w in waits),
+        retry_after="/".join(f"{ra}s" for ra in FCM_RETRY_AFTER),
+        apns_410_deactivated=int(not ios.is_active),
+    )
+    assert result["lost"] == 0
+    assert result["duplicated_to_app"] == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -41,6 +42,8 @@ CLOSE_UNAUTHENTICATED = 4401
 # 6455's 1013 "Try Again Later" is one a server library may not send: autobahn refuses it.)
 CLOSE_TRY_AGAIN_LATER = 4503
 MAX_IDS_PER_FRAME = 1000
+# How many of the ids its client acknowledged a connection remembers (the newest).
+ACKED_MEMORY = 2048
 # Any frame proves the connection alive; refresh presence at most this often between pings.
 HEARTBEAT_REFRESH_SECONDS = 10
 MAX_CLIENT_ID_CHARS = 100
@@ -87,6 +90,8 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         self.group = party_group(self.kind, principal.pk)
         metrics.websocket_connections(1)
         self.catchup_ids: set[str] = set()
+        # Ids this connection's client acknowledged, oldest first (at most ACKED_MEMORY).
+        self.acked_here: OrderedDict[str, None] = OrderedDict()
         self.last_beat = 0.0
         self.can_chat = await in_db_pool(self._can_chat)()
         # conversation id -> the other participant's group, for typing (membership checked once).
@@ -187,6 +192,15 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
             return
         target = Status.DELIVERED if kind == "ack" else Status.READ
         await receipt_apply(services.Receipt(self.kind, self.user_id, target, ids))
+        self._remember_acked(ids)
+
+    def _remember_acked(self, ids: list) -> None:
+        for pk in ids:
+            if isinstance(pk, str):
+                self.acked_here[pk] = None
+                self.acked_here.move_to_end(pk)
+        while len(self.acked_here) > ACKED_MEMORY:
+            self.acked_here.popitem(last=False)
 
     async def _chat_send(self, kind: str, content: dict) -> None:
         client_id = content.get("client_id")
@@ -266,12 +280,21 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
 
     async def deliver_messages(self, event: dict) -> None:
         with correlation_context(event.get("correlation_id", "")):
+            acked_again = []
             for message in event["messages"]:
                 if message["id"] in self.catchup_ids:
                     # Already written by the catch-up of this connection.
                     self.catchup_ids.discard(message["id"])
                     continue
+                if message["id"] in self.acked_here:
+                    # The client has it and said so here: a worker's write that raced this
+                    # connection's catch-up. Recording the ack again (idempotent) settles the
+                    # message instead of showing the app a message it already acknowledged.
+                    acked_again.append(message["id"])
+                    continue
                 await self.send(text_data=message["frame"])
+            if acked_again:
+                await receipt_apply(services.Receipt(self.kind, self.user_id, Status.DELIVERED, acked_again))
             logger.debug("frames.written", extra={"count": len(event["messages"])})
 
     async def deliver_frames(self, event: dict) -> None:

@@ -380,6 +380,26 @@ async def test_delivery_event_without_correlation_id_is_written(sender, mobile_u
         assert await receive(ws) == {"type": "message", "message": payload}
 
 
+@async_test
+async def test_a_late_frame_for_a_message_acked_on_this_connection_is_not_written_again(
+    sender, mobile_user, mobile_token, redis
+):
+    message = await db(_send)(sender, mobile_user)
+    payload = (await db(_payloads)([message.pk]))[0]
+    async with mobile_socket(mobile_token) as ws:
+        await receive_messages(ws, 1)  # the catch-up
+        await send_frame(ws, {"type": "ack", "message_ids": [str(message.pk)]})
+        await round_trip(ws)
+        # A worker's write of the same message that raced the catch-up arrives after the ack
+        # (tests/e2e/test_faults.py met it): the app must not see it again.
+        await get_channel_layer().group_send(
+            party_group(PartyKind.MOBILE, mobile_user.pk),
+            {"type": "deliver.messages", "messages": [{"id": payload["id"], "frame": encode_frame(payload)}]},
+        )
+        assert await ws.receive_nothing(QUIET)
+    assert (await db(_fresh)(message.pk)).status == Status.DELIVERED
+
+
 # --- frames from the client -----------------------------------------------------------------
 
 

@@ -18,11 +18,16 @@ exhausting them; one test runs with the spec's 30 s ack timeout to show no frame
 from __future__ import annotations
 
 import itertools
+import socket
+import struct
 import time
 import uuid
 
 import pytest
+from django.db.models import Count
+from websockets.sync.client import connect as ws_connect
 
+from apps.accounts import presence
 from apps.devices.models import DeviceToken
 from apps.media.models import Media, MediaStatus, MediaType
 from apps.messaging.models import DeadLetter, Message, Status
@@ -398,3 +403,86 @@ def test_push_provider_errors_retry_after_is_honoured_and_410_deactivates_the_to
     )
     assert result["lost"] == 0
     assert result["duplicated_to_app"] == 0
+
+
+# --- 5. a socket that does not drain (the channel layer's "capacity") ---------------------
+
+STALL_MESSAGES = 200
+STALL_CONTENT_CHARS = 4000
+STALL_SECONDS = 6.0
+
+
+def _stalled_socket(stack: Stack, token: str) -> tuple[socket.socket, object]:
+    """Open /ws/mobile/ and never read it: a tiny receive buffer and websockets' reading paused."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", stack.web_port))
+    conn = ws_connect(
+        stack.ws_url,
+        sock=raw,
+        additional_headers={"Authorization": f"Token {token}"},
+        max_queue=1,  # websockets stops reading from the socket beyond one buffered frame
+        proxy=None,
+        open_timeout=10,
+    )
+    return raw, conn
+
+
+def _reset(raw: socket.socket) -> None:
+    """Drop the connection as a killed app does: RST, no close handshake."""
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+
+
+def test_socket_that_does_not_read_loses_nothing_and_crashes_nothing(e2e, apps_):
+    stack = e2e.stack
+    sender, mobile = e2e.sender(), e2e.mobile()
+    raw, _conn = _stalled_socket(stack, mobile.token)
+    stack.wait(lambda: presence.is_online(mobile.user.pk), timeout=10, what="the stalled socket to be online")
+
+    body = {
+        "messages": [
+            {
+                "recipient_phone_number": mobile.user.phone_number,
+                "content": f"{n:04d} " + "x" * STALL_CONTENT_CHARS,
+            }
+            for n in range(STALL_MESSAGES)
+        ]
+    }
+    response = sender.api.post("/api/v1/messages/batch/", body, timeout=30)
+    assert response.status == 202, response.body
+    ids = response.body["ids"]
+    stalled_at = time.monotonic()
+    # Everything is written towards the socket (kept by the web process, which the client does
+    # not drain) and, unacked, retried by the ack timeout meanwhile.
+    stack.wait(
+        lambda: Message.objects.filter(pk__in=ids, retry_count__gte=1).count() == len(ids),
+        timeout=20,
+        what="the ack timeout to retry every unread message",
+    )
+    time.sleep(max(0.0, STALL_SECONDS - (time.monotonic() - stalled_at)))
+    statuses_while_stalled = dict(
+        Message.objects.filter(pk__in=ids).values_list("status").annotate(n=Count("pk")).order_by()
+    )
+    retries_while_stalled = max(Message.objects.filter(pk__in=ids).values_list("retry_count", flat=True))
+    _reset(raw)
+
+    app = App(stack, mobile.token)  # the app comes back: catch-up delivers what waited
+    apps_.append(app)
+    app.wait_for_all(ids, timeout=40)
+    wait_all_delivered(stack, ids, timeout=20)
+    result = figures(
+        "socket_not_reading",
+        ids,
+        [app],
+        stalled=STALL_SECONDS,
+        bytes_held=STALL_MESSAGES * STALL_CONTENT_CHARS,
+        max_retries_while_stalled=retries_while_stalled,
+        statuses_while_stalled="/".join(f"{k}:{v}" for k, v in sorted(statuses_while_stalled.items())),
+    )
+    assert result["lost"] == 0
+    assert result["duplicated_to_app"] == 0
+    assert not Message.objects.filter(pk__in=ids, status=Status.FAILED).exists()
+    assert all(p.alive() for p in (stack.web, stack.worker, stack.beat))
+    assert "starting another" not in stack.web.log_text(), "no daphne process died"
+    assert "Traceback" not in stack.web.log_text()

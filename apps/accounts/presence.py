@@ -9,12 +9,12 @@ PRESENCE_STALE_SECONDS.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 from django.conf import settings
 
 from apps.accounts.models import PartyKind
+from apps.common import clock
 from apps.common.redis import redis_client
 
 CONNECTIONS = "presence:conns"
@@ -42,7 +42,7 @@ def _parse_member(member: bytes) -> tuple[str, int, str]:
 
 def connection_seen(*, user_id: int, channel_name: str, kind: str = MOBILE, now: float | None = None) -> None:
     """Record a connection of `user_id` as alive now (on connect and on every heartbeat)."""
-    now = now if now is not None else time.time()
+    now = now if now is not None else clock.timestamp()
     key = _user_key(user_id, kind)
     pipe = redis_client().pipeline(transaction=False)
     pipe.hset(key, channel_name, now)
@@ -64,7 +64,7 @@ def online_user_ids(user_ids: Iterable[int], *, kind: str = MOBILE, now: float |
     ids = list(dict.fromkeys(user_ids))
     if not ids:
         return set()
-    threshold = (now if now is not None else time.time()) - settings.PRESENCE_STALE_SECONDS
+    threshold = (now if now is not None else clock.timestamp()) - settings.PRESENCE_STALE_SECONDS
     pipe = redis_client().pipeline(transaction=False)
     for user_id in ids:
         pipe.hvals(_user_key(user_id, kind))
@@ -82,7 +82,7 @@ def stale_connections(*, now: float | None = None) -> tuple[set[tuple[str, int]]
     Return the users, as (kind, id), that have no live connection left, and drop connection
     records older than PRESENCE_RECORD_TTL_SECONDS (their count is the second value).
     """
-    now = now if now is not None else time.time()
+    now = now if now is not None else clock.timestamp()
     client = redis_client()
     stale = client.zrangebyscore(CONNECTIONS, "-inf", now - settings.PRESENCE_STALE_SECONDS)
     users = {_parse_member(m)[:2] for m in stale}

@@ -19,10 +19,9 @@ from django.db import connection, transaction
 from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.db.models.sql.subqueries import UpdateQuery
-from django.utils import timezone
 
 from apps.accounts.models import PartyKind
-from apps.common import metrics
+from apps.common import clock, metrics
 from apps.messaging import events, hooks
 
 from .models import Kind, Message, Status
@@ -136,7 +135,7 @@ def transition(
     if "status" in changes:
         raise InvalidTransition("the target status is given by `to`")
     sources = ALLOWED_SOURCES[to]
-    now = now or timezone.now()
+    now = now or clock.now()
     values = {"status": to, **_stamps(to, now, reason), **changes}
     # No savepoint: nothing here catches a database error, so the caller's transaction (if any)
     # fails as a whole, and a receipt costs two round trips less.

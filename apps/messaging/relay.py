@@ -30,9 +30,9 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.utils import timezone
 from redis.exceptions import RedisError
 
+from apps.common import clock
 from apps.common.redis import redis_client
 
 from .dispatch import QUEUE_FOR_PRIORITY, messages_dispatch
@@ -115,7 +115,7 @@ def relay_round(*, limit: int | None = None, priorities: tuple[str, ...] = tuple
     published = 0
     while True:
         with transaction.atomic():
-            rows = relay_claim(now=timezone.now(), limit=limit, priorities=priorities)
+            rows = relay_claim(now=clock.now(), limit=limit, priorities=priorities)
         if rows:
             # After commit: a task must find its messages claimed and visible. A publish the
             # broker refuses leaves them to the next claim when their lease ends.
@@ -214,7 +214,7 @@ def _promote_due() -> datetime | None:
 
 
 def _seconds_until(at: datetime | None) -> float:
-    return float("inf") if at is None else (at - timezone.now()).total_seconds()
+    return float("inf") if at is None else (at - clock.now()).total_seconds()
 
 
 def lanes_with_room() -> tuple[str, ...]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.db.models import Count, Prefetch, Q, QuerySet
-from django.utils import timezone
 
 from apps.accounts.models import PartyKind, User
+from apps.common import clock
 from apps.common.ids import parse_uuid
 
 from .models import Broadcast, DeadLetter, DeliveryAttempt, Message, Status
@@ -75,7 +75,7 @@ def undelivered_for_recipient(
     *, recipient_id: int, after_seq: int = 0, kind: str = PartyKind.MOBILE
 ) -> QuerySet[Message]:
     """Return the recipient's undelivered, unexpired messages after `after_seq`, in seq order."""
-    now = timezone.now()
+    now = clock.now()
     return with_parties(
         Message.objects.filter(inbox(recipient_id, kind), status__in=UNDELIVERED, seq__gt=after_seq)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
@@ -101,7 +101,7 @@ def dead_letters_visible_to(*, user: User) -> QuerySet[DeadLetter]:
 
 def pending_recipients_due(*, limit: int) -> list[tuple[str, int]]:
     """Return recipients, as (kind, id), that have `pending` messages due for another try."""
-    now = timezone.now()
+    now = clock.now()
     pairs = (
         Message.objects.filter(status=Status.PENDING)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))

@@ -228,6 +228,9 @@ MESSAGING_MAX_RETRIES = env.int("MESSAGING_MAX_RETRIES", default=6)
 MESSAGING_RETRY_BASE_SECONDS = env.float("MESSAGING_RETRY_BASE_SECONDS", default=1)
 MESSAGING_RETRY_MAX_SECONDS = env.float("MESSAGING_RETRY_MAX_SECONDS", default=300)
 MESSAGING_ORDERING = env("MESSAGING_ORDERING", default="best_effort")
+# Shifts this process's local clock (the fault tests skew a process with it); due times are
+# compared on the shared Redis clock all the same (apps/common/clock.py).
+MESSAGING_CLOCK_OFFSET_SECONDS = env.float("MESSAGING_CLOCK_OFFSET_SECONDS", default=0)
 MESSAGING_BACKLOG_LIMIT = env.int("MESSAGING_BACKLOG_LIMIT", default=100_000)
 PRESENCE_STALE_SECONDS = env.float("PRESENCE_STALE_SECONDS", default=60)
 PRESENCE_RECORD_TTL_SECONDS = env.int("PRESENCE_RECORD_TTL_SECONDS", default=300)

@@ -13,10 +13,9 @@ from datetime import timedelta
 from typing import NamedTuple
 
 from django.db import transaction
-from django.utils import timezone
 
 from apps.accounts.models import MobileUser, User
-from apps.common import metrics
+from apps.common import clock, metrics
 from apps.common.logging import get_correlation_id
 from apps.common.pgcopy import copy_rows
 from apps.media.errors import MediaError
@@ -83,7 +82,7 @@ def messages_send_batch(*, sender: User, items: list[dict]) -> list[StoredMessag
     is stored then and no seq is used. Delivery is dispatched in chunks after commit.
     """
     phones = {item["recipient_phone_number"] for item in items}
-    now = timezone.now()
+    now = clock.now()
     correlation_id = get_correlation_id()
     with transaction.atomic():
         recipient_of = dict(

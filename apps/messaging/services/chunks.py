@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.db import transaction
-from django.utils import timezone
 
 from apps.accounts import presence
 from apps.accounts.models import PartyKind
+from apps.common import clock
 from apps.devices.services import push_schedule
 
 from .. import lifecycle, outgoing
@@ -52,7 +52,7 @@ def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
         )
     )
     report.skipped = len(message_ids) - len(messages)
-    now = timezone.now()
+    now = clock.now()
     expired = [m.pk for m in messages if m.expires_at and m.expires_at <= now]
     if expired:
         report.failed += len(messages_fail(Message.objects.filter(pk__in=expired), reason="expired"))

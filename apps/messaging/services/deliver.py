@@ -12,11 +12,10 @@ from collections import defaultdict
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from apps.accounts import presence
 from apps.accounts.models import PartyKind
-from apps.common import bridge
+from apps.common import bridge, clock
 from apps.common.logging import get_correlation_id
 from apps.devices.services import push_schedule
 
@@ -49,7 +48,7 @@ def message_deliver(*, message_id: str | uuid.UUID) -> str:
     )
     if message is None or message.status not in (Status.QUEUED, Status.PENDING):
         return "skipped"
-    now = timezone.now()
+    now = clock.now()
     if message.expires_at and message.expires_at <= now:
         messages_fail(Message.objects.filter(pk=message.pk), reason="expired")
         return "expired"
@@ -96,7 +95,7 @@ def recipient_deliver_backlog(*, recipient_id: int, kind: str = PartyKind.MOBILE
     """
     if not presence.is_online(recipient_id, kind):
         return 0
-    now = timezone.now()
+    now = clock.now()
     undelivered = undelivered_for_recipient(recipient_id=recipient_id, kind=kind)
     if strict_ordering():
         first = next(iter(outgoing.rows(undelivered[:1])), None)
@@ -184,7 +183,7 @@ def frames_encode(delivery_rows: list[outgoing.Row]) -> list[Outgoing]:
 
 def messages_mark_sent(message_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     """Move the messages to `sent` with a fresh ack deadline; record the attempts."""
-    now = timezone.now()
+    now = clock.now()
     with transaction.atomic():
         moved = lifecycle.transition(
             Message.objects.filter(pk__in=message_ids),

@@ -10,9 +10,9 @@ from datetime import timedelta
 
 from django.db import transaction
 from django.db.models import QuerySet
-from django.utils import timezone
 
 from apps.accounts.models import PartyKind
+from apps.common import clock
 from apps.devices.services import push_schedule
 
 from .. import lifecycle
@@ -97,7 +97,7 @@ def _snapshot(message: Message) -> dict:
 
 def dead_letters_requeue(*, dead_letters: QuerySet[DeadLetter]) -> list[uuid.UUID]:
     """Requeue the dead letters' messages: retries reset, status `queued`, the relay woken on commit."""
-    now = timezone.now()
+    now = clock.now()
     with transaction.atomic():
         message_ids = list(dead_letters.values_list("message_id", flat=True))
         requeued: list[uuid.UUID] = []

@@ -23,10 +23,9 @@ from datetime import datetime
 
 from django.db import connection, transaction
 from django.db.models import Max
-from django.utils import timezone
 
 from apps.accounts.models import User
-from apps.common import bridge
+from apps.common import bridge, clock
 
 from .. import lifecycle
 from ..errors import MessageNotCancelable, MessageNotFound
@@ -48,7 +47,7 @@ CANCELABLE = lifecycle.ALLOWED_SOURCES[Status.CANCELED]
 
 def scheduled_promote_due(*, now: datetime | None = None, limit: int = PROMOTE_BATCH) -> int:
     """Make due scheduled messages `queued` with their seqs; return how many were promoted."""
-    now = now or timezone.now()
+    now = now or clock.now()
     promoted = 0
     while True:
         with transaction.atomic():

@@ -16,10 +16,9 @@ from datetime import datetime, timedelta
 
 from django.db import connection, transaction
 from django.db.models import F, Prefetch, prefetch_related_objects
-from django.utils import timezone
 
 from apps.accounts.models import MobileUser, PartyKind, User
-from apps.common import metrics
+from apps.common import clock, metrics
 from apps.common.logging import get_correlation_id
 from apps.media.models import Media
 from apps.media.services import media_attach
@@ -134,7 +133,7 @@ def _message_store(
     (in autocommit, its own transaction); with them, one transaction with the attaching.
     A message with `send_at` is inserted `scheduled`, due then, and takes no seq yet.
     """
-    now = timezone.now()
+    now = clock.now()
     scheduled = message.send_at is not None
     message.status = Status.SCHEDULED if scheduled else Status.QUEUED
     # Due for the relay at once, or for the promotion at send_at; TTL counts from then.

@@ -14,10 +14,10 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
-from django.utils import timezone
 
 from apps.accounts import presence
 from apps.accounts.models import PartyKind
+from apps.common import clock
 from apps.common.backoff import retries_exhausted, retry_delay
 
 from .. import lifecycle
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 def sweep_ack_timeouts(*, limit: int | None = None) -> int:
     """Count `sent` messages whose ack deadline passed as failed attempts; retry or fail them."""
-    now = timezone.now()
+    now = clock.now()
     limit = limit or settings.MESSAGING_SWEEP_BATCH
     due = list(
         Message.objects.filter(status=Status.SENT, next_attempt_at__lte=now)
@@ -106,7 +106,7 @@ def pending_recipients_due_online(*, limit: int) -> list[tuple[str, int]]:
 
 def sweep_expired(*, limit: int | None = None) -> int:
     """Fail undelivered messages whose TTL has passed (reason `expired`)."""
-    now = timezone.now()
+    now = clock.now()
     ids = list(
         Message.objects.filter(
             status__in=(Status.QUEUED, Status.PENDING, Status.SENT), expires_at__lte=now

@@ -200,6 +200,8 @@ class Stack:
         self.beat: Process | None = None
         self._incarnations = itertools.count(1)
         self._retired: list[Process] = []
+        # Variables for one kind of process only ("web", "worker", "beat"), over `env`.
+        self.process_env: dict[str, dict[str, str]] = {}
         # Beats started next to the first one (tests of two relays and two schedulers at once).
         self.extra_beats: list[Process] = []
 
@@ -277,7 +279,10 @@ class Stack:
 
     def _spawn(self, name: str, argv: list[str]) -> Process:
         n = next(self._incarnations)
-        return Process(name, argv, env=self.env, log=self.workdir / f"{n:02d}-{name}.log")
+        return Process(name, argv, env=self._env_of(name), log=self.workdir / f"{n:02d}-{name}.log")
+
+    def _env_of(self, name: str) -> dict[str, str]:
+        return {**self.env, **self.process_env.get(name, {})}
 
     def _spawn_worker(self) -> Process:
         n = next(self._incarnations)
@@ -300,7 +305,7 @@ class Stack:
                 "--without-mingle",
                 "--without-heartbeat",
             ],
-            env=self.env,
+            env=self._env_of("worker"),
             log=self.workdir / f"{n:02d}-worker.log",
         )
 

@@ -22,6 +22,7 @@ import socket
 import struct
 import time
 import uuid
+from datetime import datetime
 
 import pytest
 from django.db.models import Count
@@ -30,7 +31,7 @@ from websockets.sync.client import connect as ws_connect
 from apps.accounts import presence
 from apps.devices.models import DeviceToken
 from apps.media.models import Media, MediaStatus, MediaType
-from apps.messaging.models import DeadLetter, Message, Status
+from apps.messaging.models import DeadLetter, DeliveryAttempt, Message, Outcome, Status
 from tests.devices.fake_apns import FakeApns
 from tests.devices.fake_apns import Reply as ApnsReply
 from tests.devices.fake_fcm import FakeFcm
@@ -38,18 +39,19 @@ from tests.devices.fake_fcm import Reply as FcmReply
 from tests.devices.pki import APNS_KEY_ID, APNS_TEAM_ID, APNS_TOPIC, make_pki
 
 from .faults import DELIVERED, App, Recorded, Sender, figures
-from .harness import Stack
+from .harness import FAST_TIMINGS, Stack
 
 pytestmark = pytest.mark.e2e
 
 FAULT_TIMINGS = {"MESSAGING_MAX_RETRIES": "6"}
 
 
-def stack_env(env_fixture: str | None = None, **env: str):
-    """Run the decorated test's stack with `env` (and the dict fixture `env_fixture` returns)."""
+def stack_env(env_fixture: str | None = None, *, process_env: dict | None = None, **env: str):
+    """Run the decorated test's stack with `env` (and the dict fixture `env_fixture` returns),
+    and `process_env` ({"worker": {...}, ...}) for one kind of process only."""
 
     def decorate(test):
-        test.stack_env = (env, env_fixture)
+        test.stack_env = (env, env_fixture, process_env or {})
         return test
 
     return decorate
@@ -59,8 +61,9 @@ def stack_env(env_fixture: str | None = None, **env: str):
 def stack(request, e2e_database_name, tmp_path_factory):
     stack = Stack(database_name=e2e_database_name, workdir=tmp_path_factory.mktemp("stack"))
     stack.env.update(FAULT_TIMINGS)
-    env, env_fixture = getattr(request.function, "stack_env", ({}, None))
+    env, env_fixture, process_env = getattr(request.function, "stack_env", ({}, None, {}))
     stack.env.update(env)
+    stack.process_env.update(process_env)
     if env_fixture:
         stack.env.update(request.getfixturevalue(env_fixture))
     try:
@@ -486,3 +489,87 @@ def test_socket_that_does_not_read_loses_nothing_and_crashes_nothing(e2e, apps_)
     assert all(p.alive() for p in (stack.web, stack.worker, stack.beat))
     assert "starting another" not in stack.web.log_text(), "no daphne process died"
     assert "Traceback" not in stack.web.log_text()
+
+
+# --- 6. clock skew of 5 minutes between the processes -------------------------------------
+
+SKEW_SECONDS = 300
+SHORT_TTL = 3  # seconds: expires only if the clock that judges it runs with the one that set it
+ACK_TIMEOUT = float(FAST_TIMINGS["MESSAGING_ACK_TIMEOUT_SECONDS"])
+
+
+@stack_env(
+    MESSAGING_EXPIRY_SWEEP_SECONDS="1",
+    process_env={
+        "worker": {"MESSAGING_CLOCK_OFFSET_SECONDS": str(SKEW_SECONDS)},
+        "beat": {"MESSAGING_CLOCK_OFFSET_SECONDS": str(-SKEW_SECONDS)},
+    },
+)
+def test_clock_skew_between_web_worker_and_beat_fails_nothing_early_and_leaves_nothing_stuck(e2e, apps_):
+    """The web's clock is right, the worker's 5 minutes ahead, beat's (the relay) 5 behind."""
+    stack = e2e.stack
+    sender = e2e.sender()
+    online, unacking, offline = e2e.mobile(), e2e.mobile(), e2e.mobile()
+    app = App(stack, online.token)
+    apps_.append(app)
+    app.wait_connected()
+
+    # Live delivery: the web stamps due times and a 60 s TTL, beat's relay claims, the worker
+    # judges expiry and presence (the web's heartbeats): a TTL shorter than the skew survives.
+    live = Sender(sender.api, online.user.phone_number, interval=0.1).start()
+    ttl_live = [e2e.send(sender, online, f"ttl {n}", ttl_seconds=60)["id"] for n in range(5)]
+    # TTL that must expire: 3 s for a recipient who stays offline.
+    expiring = e2e.send(sender, offline, "expires", ttl_seconds=SHORT_TTL)
+    # Ack timeouts and retries: the web's catch-up stamps the ack deadline, the worker's sweep
+    # compares it; the socket never acks.
+    pending = [e2e.send(sender, unacking, f"unacked {n}", ttl_seconds=120)["id"] for n in range(3)]
+    stack.wait(
+        lambda: Message.objects.filter(pk__in=pending, status=Status.PENDING).count() == 3,
+        timeout=20,
+        what="the unacking recipient's messages to be pending",
+    )
+    silent = e2e.connect(unacking, acking=False)
+    connected_at = time.time()
+    silent.wait_for(lambda s: len(s.message_ids()) == 3, timeout=20, what="the catch-up")
+    stack.wait(
+        lambda: Message.objects.filter(pk__in=pending, retry_count__gte=1).count() == 3,
+        timeout=20,
+        what="the ack timeout to retry the unacked messages",
+    )
+    first_timeouts = [
+        a.at.timestamp()
+        for a in DeliveryAttempt.objects.filter(message_id__in=pending, outcome=Outcome.TIMEOUT).order_by(
+            "at"
+        )
+    ]
+    timed_out_after = [m.retry_count for m in Message.objects.filter(pk__in=pending)]
+    retried_in = time.time() - connected_at
+    silent.ack(pending)
+    time.sleep(2)
+    ids = live.stop() + ttl_live
+
+    app.wait_for_all(ids, timeout=30)
+    wait_all_delivered(stack, [*ids, *pending], timeout=20)
+    expired = e2e.wait_status(sender, [expiring["id"]], "failed", timeout=20)[0]
+    expired_after = (
+        datetime.fromisoformat(expired["failed_at"]) - datetime.fromisoformat(expired["created_at"])
+    ).total_seconds()
+    early = Message.objects.filter(pk__in=[*ids, *pending], status=Status.FAILED).count()
+    result = figures(
+        "clock_skew",
+        ids,
+        [app],
+        skew=f"web 0/worker +{SKEW_SECONDS}s/beat -{SKEW_SECONDS}s",
+        failed_early=early,
+        ttl_expired_after=expired_after,
+        unacked_retried_in=retried_in,
+        retries=max(timed_out_after),
+    )
+    assert result["lost"] == 0
+    assert result["duplicated_to_app"] == 0
+    assert early == 0
+    assert expired["failure_reason"] == "expired"
+    assert SHORT_TTL <= expired_after < SHORT_TTL + 5, expired_after
+    # Each ack timeout came after the timeout (not at once) and within seconds (not 5 minutes).
+    assert first_timeouts
+    assert ACK_TIMEOUT <= retried_in < ACK_TIMEOUT + 8, retried_in

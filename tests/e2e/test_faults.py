@@ -131,15 +131,19 @@ def test_web_killed_with_clients_connected_they_reconnect_and_nothing_accepted_i
         ids,
         apps_,
         refused=refused,
+        committed_unanswered=sum(len(a.message_ids()) for a in apps_) - len(ids),
         restarted_in=restarted_in,
         reconnected_in=reconnected_in,
     )
     assert result["lost"] == 0
     assert result["duplicated_to_app"] == 0
     assert not Message.objects.filter(pk__in=ids, status=Status.FAILED).exists()
-    # The seqs the apps saw are each recipient's 1..N: nothing skipped, nothing invented.
     for app, s in zip(apps_, senders, strict=True):
-        assert sorted({a.seq for a in app.arrivals()}) == list(range(1, len(s.accepted) + 1))
+        # Each recipient's seqs 1..N without a gap. N may exceed the 202s: a send committed
+        # just before the kill, whose answer died with the process, is delivered too.
+        seqs = sorted({a.seq for a in app.arrivals()})
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert len(seqs) >= len(s.accepted)
 
 
 # --- 2. Redis restarted under load --------------------------------------------------------

@@ -21,11 +21,12 @@ PYTEST_ARGS ?=
 # `make run` and `make migrate` read .env (as honcho does) so that every step sees one config.
 LOAD_ENV = if [[ -f .env ]]; then set -a; source .env; set +a; fi
 
-.PHONY: help run test lint fmt migrate venv venv-dev services-run services-test clean bench venv-bench
+.PHONY: help run test test-faults lint fmt migrate venv venv-dev services-run services-test clean bench venv-bench
 
 help:
 	@echo "make run      start web (daphne, port \$$PORT or 8000), worker and beat with honcho"
 	@echo "make test     install dev requirements, check PostgreSQL/Redis, lint, migrations, pytest"
+	@echo "make test-faults  only the fault-injection end-to-end suite, with its figures (about 2 min)"
 	@echo "make lint     ruff format --check, ruff check, import contracts, makemigrations --check"
 	@echo "make fmt      ruff format and ruff check --fix"
 	@echo "make migrate  apply migrations to the local database (SQLite unless DATABASE_URL)"
@@ -76,6 +77,11 @@ test: services-test lint
 	@# WhiteNoise warns on every test request when STATIC_ROOT does not exist (clean checkout).
 	@mkdir -p staticfiles
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The fault-injection suite alone (it also runs inside `make test`), its FAULT figure lines shown.
+test-faults: services-test
+	@mkdir -p staticfiles
+	$(BIN)/pytest -s -q tests/e2e/test_faults.py $(PYTEST_ARGS)
 
 # The benchmark (bench/run.py) recreates its own database, bench_messaging, on the local
 # PostgreSQL server (as the e2e tests' processes, tests/e2e/harness.py) and starts a private

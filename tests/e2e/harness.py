@@ -1,15 +1,16 @@
 """Process management for the end-to-end tests: a private redis-server, daphne, Celery worker and beat.
 
 A `Stack` runs the three Procfile processes against the test's PostgreSQL database and a
-redis-server of its own (random port, no persistence), so a test can kill the worker or stop
-Redis without touching anybody else. Every process runs in its own session (process group),
-writes its output to a log file, and is killed with its whole group at teardown. Failing waits
-quote the tail of every log.
+redis-server of its own (random port, no persistence), so a test can kill the worker or the
+web process, stop Redis or start a second beat without touching anybody else; `process_env`
+gives one kind of process variables of its own (a skewed clock). Every process runs in its own
+session (process group), writes its output to a log file, and is killed with its whole group at
+teardown. Failing waits quote the tail of every log.
 
 `MobileSocket` is a real WebSocket client (the `websockets` package) that records every frame
-in a background thread and can acknowledge messages as they arrive; it serves the business
-socket too (`Stack.business_ws_url`), which speaks the same frames. `Api` is a minimal JSON
-HTTP client on the standard library.
+(and when it arrived) in a background thread and can acknowledge messages as they arrive; it
+serves the business socket too (`Stack.business_ws_url`), which speaks the same frames. `Api`
+is a minimal JSON HTTP client on the standard library.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from django.db.models import QuerySet
 
 from apps.accounts.models import PartyKind
 from apps.common.bridge import party_group
+from apps.common.transient import TRANSIENT
 from apps.media.models import Media
 from apps.media.serializers import attachment_payload
 
@@ -172,6 +173,8 @@ def encode(delivery_rows: list[Row]) -> tuple[list[Outgoing], dict[uuid.UUID, Ex
         try:
             attachments = [attachment_payload(media) for media in media_of.get(r.pk, [])]
             frames.append(Outgoing(r.pk, party_group(*r.party), encode_frame(payload(r, attachments))))
-        except Exception as exc:  # noqa: BLE001 - any error of this row's data is this row's
+        except TRANSIENT:
+            raise  # storage or network trouble, not the row's data: the task retries
+        except Exception as exc:  # noqa: BLE001 - any other error of this row's data is this row's
             poisoned[r.pk] = exc
     return frames, poisoned

@@ -11,6 +11,7 @@ from django.utils import timezone
 from apps.accounts import presence
 from apps.accounts.models import MobileUser
 from apps.common import bridge
+from apps.media.models import Media, MediaStatus, MediaType
 from apps.messaging import outgoing, services
 from apps.messaging.models import Channel, DeadLetter, DeliveryAttempt, Message, Outcome, Status
 from tests.factories import MessageFactory
@@ -45,6 +46,47 @@ def _attempts(message: Message) -> list[tuple[str, str]]:
 @pytest.fixture
 def online(redis, mobile_user) -> str:
     return _connect(mobile_user.pk)
+
+
+# --- a message whose frame cannot be built ---------------------------------------------------
+
+
+def _poisoned(sender, recipient) -> Message:
+    """A message whose attachment names a thumbnail of no known format (bad stored data)."""
+    message = _send(sender, recipient, "with a photo")
+    pk = uuid.uuid4()
+    Media.objects.create(
+        id=pk,
+        sender=sender,
+        media_type=MediaType.IMAGE,
+        content_type="image/png",
+        size=10,
+        file_name="photo.png",
+        storage_key=f"media/test/{pk}.png",
+        status=MediaStatus.READY,
+        thumbnail_small_key=f"media/test/{pk}-150",
+        message=message,
+    )
+    return message
+
+
+def test_a_message_whose_frame_cannot_be_built_is_dead_lettered_and_the_others_go(
+    sender, mobile_user, online
+):
+    before, poisoned, after = (
+        _send(sender, mobile_user),
+        _poisoned(sender, mobile_user),
+        _send(sender, mobile_user),
+    )
+
+    report = services.messages_deliver_chunk(message_ids=[str(m.pk) for m in (before, poisoned, after)])
+
+    assert report.sent == 2
+    assert _delivered_ids(_receive(online)) == [str(before.pk), str(after.pk)]
+    poisoned.refresh_from_db()
+    assert poisoned.status == Status.FAILED
+    assert DeadLetter.objects.get(message=poisoned).reason.startswith("frame encoding failed: KeyError")
+    assert services.message_deliver(message_id=poisoned.pk) == "skipped"  # failed: never retried
 
 
 # --- offline ----------------------------------------------------------------------------------

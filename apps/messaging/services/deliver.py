@@ -83,7 +83,10 @@ def message_deliver(*, message_id: str | uuid.UUID) -> str:
                 if kind == PartyKind.MOBILE:  # business users have no devices to wake
                     transaction.on_commit(lambda: push_schedule(recipient_id=recipient_id))
         return "offline"
-    messages_write(frames_encode(outgoing.rows(Message.objects.filter(pk=message.pk))))
+    frames = frames_encode(outgoing.rows(Message.objects.filter(pk=message.pk)))
+    if not frames:
+        return "failed"  # its frame cannot be built: dead-lettered
+    messages_write(frames)
     return "sent"
 
 

@@ -73,6 +73,37 @@ def _restore_unacked_tolerating_lost_connection(
         return None
 
 
-# The kombu versions whose QoS.restore_unacked this wraps (tests/ops/test_patches.py fails on others).
+def _tolerating_lost_connection(settle):
+    """Wrap QoS.ack or QoS.reject: skip the broker's bookkeeping when the channel's connection is gone.
+
+    The same kombu 5.7 flaw as above, on the way out of a task: a task that was running when
+    the broker connection was lost is acknowledged (or rejected, when its retry could not be
+    published) on its old channel once the worker has reconnected; that channel has no
+    connection, its pool cannot be rebuilt (AttributeError on `connection.client`), and the
+    worker stopped consuming ("Unrecoverable error") for good, found by the Redis-restart fault
+    test (tests/e2e/test_faults.py). The message stays in the broker's unacked index (restored
+    after the visibility timeout) and the sweeps re-dispatch whatever it was for.
+    """
+
+    def settle_tolerating_lost_connection(self, delivery_tag, *args, **kwargs):
+        try:
+            return settle(self, delivery_tag, *args, **kwargs)
+        except AttributeError as exc:
+            if getattr(self.channel, "connection", None) is not None:
+                raise
+            logger.warning(
+                "celery.settle_on_lost_connection_skipped",
+                extra={"delivery_tag": str(delivery_tag), "error": repr(exc), "method": settle.__name__},
+            )
+            return None
+
+    settle_tolerating_lost_connection.wrapped = settle
+    return settle_tolerating_lost_connection
+
+
+# The kombu versions whose QoS.restore_unacked, ack and reject this wraps (tests/ops/test_patches.py
+# fails on others).
 KOMBU_TESTED = ("5.7.",)
 redis_transport.QoS.restore_unacked = _restore_unacked_tolerating_lost_connection
+redis_transport.QoS.ack = _tolerating_lost_connection(redis_transport.QoS.ack)
+redis_transport.QoS.reject = _tolerating_lost_connection(redis_transport.QoS.reject)

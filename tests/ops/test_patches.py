@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import kombu
+import pytest
 from kombu.transport import redis as redis_transport
 
 from messaging_project import celery
@@ -21,3 +22,24 @@ def test_the_kombu_patch_is_installed_and_wraps_the_original():
     original = inspect.signature(patched).parameters["_restore"].default
     assert original.__qualname__ == "QoS.restore_unacked"
     assert list(inspect.signature(original).parameters) == ["self", "client"]
+
+
+@pytest.mark.parametrize("name", ["ack", "reject"])
+def test_settling_a_message_is_patched_around_the_originals(name):
+    patched = getattr(redis_transport.QoS, name)
+    assert patched.__name__ == "settle_tolerating_lost_connection"
+    assert patched.wrapped.__qualname__ == f"QoS.{name}"
+    assert list(inspect.signature(patched.wrapped).parameters)[:2] == ["self", "delivery_tag"]
+
+
+@pytest.mark.parametrize("name", ["ack", "reject"])
+def test_settling_on_a_channel_whose_connection_is_gone_is_skipped_not_fatal(name, settings, redis):
+    # A real channel of the broker, closed as kombu closes it when the connection is lost:
+    # its QoS outlives it, and the task running meanwhile settles its message through it.
+    with kombu.Connection(settings.CELERY_BROKER_URL) as connection:
+        channel = connection.channel()
+        qos = channel.qos
+        channel.close()
+        assert channel.connection is None
+
+        assert getattr(qos, name)("tag-1") is None  # unpatched: AttributeError, the worker stopped

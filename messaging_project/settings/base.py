@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "apps.ops",
     "apps.media",
     "apps.devices",
+    "apps.webhooks",
 ]
 
 MIDDLEWARE = [
@@ -336,7 +337,27 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     StatusEnum="apps.messaging.models.Status",
     MediaStatusEnum="apps.media.models.MediaStatus",
     ConversationStatusEnum="apps.conversations.models.ConversationStatus",
+    WebhookEventTypeEnum="apps.webhooks.models.EventType",
+    WebhookOutcomeEnum="apps.webhooks.models.AttemptOutcome",
 )
+
+# --- Status webhooks (SPEC.md section 8; apps/webhooks) -------------------------------------
+# A 2xx within the timeout is success; failures retry from the base delay, doubling, capped at
+# an hour, up to the attempts limit. Private URLs (and plain http) only for local runs and tests.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10)
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=5)
+WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=3600)
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=12)
+WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=False)
+# How often beat wakes endpoints with due events (retries, lost wake-ups); events claimed per
+# round; the time slice a delivery task spends on one endpoint before requeueing itself; how
+# long a claimed event or a held lane waits for news from a worker (0: twice the timeout + 5 s).
+WEBHOOK_SWEEP_SECONDS = env.float("WEBHOOK_SWEEP_SECONDS", default=5)
+WEBHOOK_BATCH = env.int("WEBHOOK_BATCH", default=100)
+WEBHOOK_SLICE_SECONDS = env.float("WEBHOOK_SLICE_SECONDS", default=5)
+WEBHOOK_LEASE_SECONDS = env.float("WEBHOOK_LEASE_SECONDS", default=0)
+if WEBHOOK_MAX_ATTEMPTS < 1 or WEBHOOK_TIMEOUT_SECONDS <= 0:
+    raise environ.ImproperlyConfigured("WEBHOOK_MAX_ATTEMPTS must be >= 1 and WEBHOOK_TIMEOUT_SECONDS > 0")
 
 # --- Logging: JSON lines with the correlation id ------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
@@ -406,6 +427,12 @@ CELERY_BEAT_SCHEDULE = {
     "broadcasts": {
         "task": "apps.messaging.tasks.sweep_broadcasts",
         "schedule": BROADCAST_SWEEP_SECONDS,
+        "options": _SWEEP,
+    },
+    # Webhooks: wake endpoints whose events are due (retries, wake-ups lost after a commit).
+    "webhooks": {
+        "task": "apps.webhooks.tasks.sweep_webhooks",
+        "schedule": WEBHOOK_SWEEP_SECONDS,
         "options": _SWEEP,
     },
     # Media: remove uploads unattached for 24 h, re-dispatch lost thumbnail work.

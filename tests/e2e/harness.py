@@ -279,7 +279,7 @@ class Stack:
                 "messaging_project",
                 "worker",
                 "-Q",
-                "high,default,low",
+                "high,default,webhooks,low",
                 "-c",
                 str(self.worker_concurrency),
                 "-l",

@@ -1,4 +1,4 @@
-"""Celery tasks of webhook delivery, on their own `webhooks` queue: thin, by ids, idempotent.
+"""Celery tasks of webhook delivery, on their own `webhooks` queue (CELERY_TASK_ROUTES): thin, by ids.
 
 `acks_late` (the project default) is safe here: a task run twice finds the lane taken or the
 events already claimed or delivered.
@@ -11,10 +11,7 @@ from django.conf import settings
 
 from . import delivery
 
-QUEUE = "webhooks"
-
-
-@shared_task(queue=QUEUE)
+@shared_task
 def deliver_endpoint(endpoint_id: int) -> int:
     """Deliver an endpoint's due events for one time slice; requeue itself if some are left."""
     # Cleared first: an event recorded from now on wakes another task (which may find the lane
@@ -26,7 +23,7 @@ def deliver_endpoint(endpoint_id: int) -> int:
     return report.attempts
 
 
-@shared_task(queue=QUEUE)
+@shared_task
 def sweep_webhooks() -> int:
     """Wake every endpoint with due events: retries, and events whose wake-up was lost."""
     return delivery.lanes_sweep()

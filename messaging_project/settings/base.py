@@ -152,6 +152,8 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.2,
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Webhook deliveries wait on other people's servers: their own queue (messaging_project/celery.py).
+CELERY_TASK_ROUTES = {"apps.webhooks.tasks.*": {"queue": "webhooks"}}
 # Celery's Django fixup closes every database connection before and after each task, and with
 # a connection pool it closes the whole pool: each task paid a new PostgreSQL connection (a
 # worker delivered 59 single-message tasks/s). It now does so only every this many tasks;

@@ -51,10 +51,12 @@ def address_refusal(address: IPAddress) -> str | None:
         return f"{address} is a link-local address{metadata}"
     if address.is_multicast:
         return f"{address} is a multicast address"
+    if address.is_reserved:
+        return f"{address} is a reserved address"
     if address.is_private:
         return f"{address} is a private address"
-    if address.is_reserved or not address.is_global:
-        return f"{address} is a reserved, not a public, address"
+    if not address.is_global:
+        return f"{address} is a shared or special-purpose, not a public, address"
     return None
 
 

@@ -11,6 +11,7 @@ from django.conf import settings
 
 from . import delivery
 
+
 @shared_task
 def deliver_endpoint(endpoint_id: int) -> int:
     """Deliver an endpoint's due events for one time slice; requeue itself if some are left."""

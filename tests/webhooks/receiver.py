@@ -55,7 +55,9 @@ class Receiver:
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 length = int(self.headers.get("Content-Length", 0))
-                request = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length))
+                request = Received(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length)
+                )
                 with receiver._changed:
                     number = len(receiver.requests)
                     receiver.requests.append(request)
@@ -79,7 +81,9 @@ class Receiver:
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="webhook-receiver", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -98,7 +102,9 @@ class Receiver:
                     return value
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; got {self.requests!r}")
+                    raise AssertionError(
+                        f"timed out after {timeout:g} s waiting for {what}; got {self.requests!r}"
+                    )
                 self._changed.wait(min(remaining, 0.2))
 
     def successful_ids(self) -> list[str]:

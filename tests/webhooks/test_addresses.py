@@ -132,7 +132,9 @@ def test_http_is_refused_unless_private_urls_are_allowed(sender_client, public_o
     assert _register(sender_client, "http://hooks.example.com/hook").status_code == 201
 
 
-@pytest.mark.parametrize("url", ["ftp://hooks.example.com/x", "https://user:pw@hooks.example.com/x", "not a url"])
+@pytest.mark.parametrize(
+    "url", ["ftp://hooks.example.com/x", "https://user:pw@hooks.example.com/x", "not a url"]
+)
 def test_other_schemes_credentials_and_garbage_are_400(url, sender_client, public_only, dns):
     dns["hooks.example.com"] = [[PUBLIC]]
     assert _register(sender_client, url).status_code == 400

@@ -25,7 +25,9 @@ def _sent(sender, recipient, n=1, *, now=None):
     return messages
 
 
-def test_receiver_gets_the_signed_event_with_the_recipients_phone(sender, mobile_user, endpoint, receiver, now):
+def test_receiver_gets_the_signed_event_with_the_recipients_phone(
+    sender, mobile_user, endpoint, receiver, now
+):
     [message] = _sent(sender, mobile_user, now=now)
     report = delivery.lane_run(endpoint_id=endpoint.pk, now=now)
 
@@ -36,7 +38,10 @@ def test_receiver_gets_the_signed_event_with_the_recipients_phone(sender, mobile
     assert request.headers["webhook-timestamp"] == str(int(now.timestamp()))
     assert request.headers["content-type"] == "application/json"
     assert request.headers["webhook-signature"] == signature(
-        secret=endpoint.secret, webhook_id=str(event.event_id), timestamp=int(now.timestamp()), body=request.body
+        secret=endpoint.secret,
+        webhook_id=str(event.event_id),
+        timestamp=int(now.timestamp()),
+        body=request.body,
     )
     assert request.json == {
         "id": str(event.event_id),
@@ -77,7 +82,9 @@ def test_events_of_an_endpoint_leave_in_creation_order(sender, mobile_user, endp
     assert got[5:] == [("message.delivered", str(m.pk)) for m in messages]
 
 
-def test_500_is_retried_with_backoff_and_the_same_webhook_id(sender, mobile_user, endpoint, receiver, now, settings):
+def test_500_is_retried_with_backoff_and_the_same_webhook_id(
+    sender, mobile_user, endpoint, receiver, now, settings
+):
     receiver.script = lambda n, request: 500 if n < 2 else 204
     _sent(sender, mobile_user, now=now)
 
@@ -97,7 +104,9 @@ def test_500_is_retried_with_backoff_and_the_same_webhook_id(sender, mobile_user
 
     assert len({r.webhook_id for r in receiver.requests}) == 1
     assert len(receiver.requests) == 3
-    attempts = list(WebhookDelivery.objects.order_by("id").values_list("attempt", "outcome", "status_code", "error"))
+    attempts = list(
+        WebhookDelivery.objects.order_by("id").values_list("attempt", "outcome", "status_code", "error")
+    )
     assert attempts == [
         (1, "failure", 500, "HTTP 500"),
         (2, "failure", 500, "HTTP 500"),
@@ -111,7 +120,11 @@ def test_redirect_is_a_failure_and_not_followed(sender, mobile_user, endpoint, r
     delivery.lane_run(endpoint_id=endpoint.pk, now=now)
     assert len(receiver.requests) == 1
     attempt = WebhookDelivery.objects.get()
-    assert (attempt.status_code, attempt.outcome, attempt.error) == (307, "failure", "redirects are not followed")
+    assert (attempt.status_code, attempt.outcome, attempt.error) == (
+        307,
+        "failure",
+        "redirects are not followed",
+    )
 
 
 def test_event_is_given_up_after_max_attempts(sender, mobile_user, endpoint, receiver, now, settings):
@@ -165,7 +178,9 @@ def test_receiver_down_for_a_while_gets_every_event_later(sender, mobile_user, e
     assert set(WebhookEvent.objects.values_list("status", flat=True)) == {EventStatus.DELIVERED}
 
 
-def test_endpoint_failing_every_attempt_for_24_hours_is_deactivated(sender, mobile_user, endpoint, receiver, now):
+def test_endpoint_failing_every_attempt_for_24_hours_is_deactivated(
+    sender, mobile_user, endpoint, receiver, now
+):
     receiver.script = lambda n, request: 500
     _sent(sender, mobile_user, now=now)
     delivery.lane_run(endpoint_id=endpoint.pk, now=now)
@@ -205,7 +220,9 @@ def test_a_success_resets_the_failure_clock(sender, mobile_user, endpoint, recei
     assert endpoint.is_active
 
 
-def test_one_senders_dead_receiver_does_not_hold_anothers_events(sender, other_sender, mobile_user, receiver, now):
+def test_one_senders_dead_receiver_does_not_hold_anothers_events(
+    sender, other_sender, mobile_user, receiver, now
+):
     dead = endpoint_for(sender, "http://127.0.0.1:9/dead")  # discard port: refused
     alive = endpoint_for(other_sender, receiver.url)
     _sent(sender, mobile_user, 3, now=now)
@@ -220,7 +237,9 @@ def test_one_senders_dead_receiver_does_not_hold_anothers_events(sender, other_s
     assert {r.json["data"]["message_id"] for r in receiver.requests} == {str(pk) for pk in senders_messages}
 
 
-def test_a_held_lane_is_not_taken_twice_and_frees_itself_after_its_lease(sender, mobile_user, endpoint, receiver, now):
+def test_a_held_lane_is_not_taken_twice_and_frees_itself_after_its_lease(
+    sender, mobile_user, endpoint, receiver, now
+):
     _sent(sender, mobile_user, now=now)
     lane = delivery._Lane.take(endpoint.pk, now)
     assert lane is not None

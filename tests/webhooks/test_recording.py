@@ -60,9 +60,13 @@ def test_failed_carries_its_reason(sender, mobile_user, endpoint):
 def test_canceled_status_maps_to_message_canceled(sender, mobile_user, endpoint):
     # The lead's cancel arrives through the same hook; the listener only maps the name.
     message = MessageFactory(sender=sender, recipient=mobile_user)
-    row = lifecycle._Row(message.pk, "queued", "one_way", None, sender.pk, None, mobile_user.pk, "", message.created_at)
+    row = lifecycle._Row(
+        message.pk, "queued", "one_way", None, sender.pk, None, mobile_user.pk, "", message.created_at
+    )
     with transaction.atomic():
-        hooks.status_changed(hooks.StatusChange([row], status="canceled", at=message.created_at, reason="by sender"))
+        hooks.status_changed(
+            hooks.StatusChange([row], status="canceled", at=message.created_at, reason="by sender")
+        )
     [event] = WebhookEvent.objects.all()
     assert (event.type, event.payload["status"], event.payload["failure_reason"]) == (
         EventType.MESSAGE_CANCELED,
@@ -87,7 +91,9 @@ def test_resend_of_a_sent_message_is_not_a_new_event(sender, mobile_user, endpoi
     assert WebhookEvent.objects.count() == 1
 
 
-def test_events_of_one_sender_never_go_to_another_senders_endpoint(sender, other_sender, mobile_user, receiver):
+def test_events_of_one_sender_never_go_to_another_senders_endpoint(
+    sender, other_sender, mobile_user, receiver
+):
     mine = endpoint_for(sender, receiver.url)
     theirs = endpoint_for(other_sender, receiver.url + "/other")
     messages = [MessageFactory(sender=sender, recipient=mobile_user) for _ in range(3)]
@@ -100,7 +106,9 @@ def test_events_of_one_sender_never_go_to_another_senders_endpoint(sender, other
     assert by_endpoint == {mine.pk: {str(m.pk) for m in messages}, theirs.pk: {str(other.pk)}}
 
 
-def test_mobile_authors_messages_record_nothing_but_chat_received(sender, mobile_user, conversation, endpoint):
+def test_mobile_authors_messages_record_nothing_but_chat_received(
+    sender, mobile_user, conversation, endpoint
+):
     with transaction.atomic():
         message = conversation_message_send(
             conversation_id=conversation.pk, author=mobile_user, content="hello business"

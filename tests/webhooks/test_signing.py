@@ -52,7 +52,9 @@ def test_delivered_request_verifies_with_standard_webhooks_and_fails_with_anothe
 
     # Independently of both: the header is v1,base64(HMAC(key, id.timestamp.body)).
     key = base64.b64decode(endpoint.secret.removeprefix("whsec_"))
-    signed = f"{request.headers['webhook-id']}.{request.headers['webhook-timestamp']}.".encode() + request.body
+    signed = (
+        f"{request.headers['webhook-id']}.{request.headers['webhook-timestamp']}.".encode() + request.body
+    )
     version, mac = request.headers["webhook-signature"].split(",", 1)
     assert version == "v1"
     assert hmac.compare_digest(base64.b64decode(mac), hmac.new(key, signed, hashlib.sha256).digest())

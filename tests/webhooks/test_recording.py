@@ -8,7 +8,6 @@ from django.db import transaction
 from apps.conversations.services import conversation_message_send
 from apps.messaging import hooks, lifecycle
 from apps.messaging.models import Message, Status
-from apps.webhooks import recording
 from apps.webhooks.models import EventStatus, EventType, WebhookEvent
 
 from ..factories import MessageFactory

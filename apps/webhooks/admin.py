@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from .models import AttemptOutcome, EventStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from . import addresses
+from .models import AttemptOutcome, EventStatus, EventType, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from .services import events_redeliver
 
 
@@ -31,15 +33,49 @@ class FailingDeliveryInline(admin.TabularInline):
         return False
 
 
+class WebhookEndpointForm(forms.ModelForm):
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["owner", "url", "events", "description", "is_active"]
+
+    def clean_url(self) -> str:
+        url = self.cleaned_data["url"]
+        try:
+            addresses.url_check(url)
+        except addresses.AddressRefused as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return url
+
+    def clean_events(self) -> list[str]:
+        events = self.cleaned_data["events"]
+        known = set(EventType.values)
+        if not isinstance(events, list) or not events or not set(events) <= known:
+            raise forms.ValidationError(f"{events!r}: give a non-empty list from {sorted(known)}.")
+        return events
+
+
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(admin.ModelAdmin):
+    form = WebhookEndpointForm
     list_display = ["id", "owner", "url", "is_active", "failing_since", "paused_until", "created_at"]
     list_filter = ["is_active", "created_at"]
     search_fields = ["url", "owner__username", "description"]
     list_select_related = ["owner"]
     raw_id_fields = ["owner"]
     # The secret is never shown in full: only its first characters.
-    exclude = ["secret"]
+    fields = [
+        "owner",
+        "url",
+        "events",
+        "description",
+        "is_active",
+        "secret_hint",
+        "created_at",
+        "failing_since",
+        "deactivated_at",
+        "lane_until",
+        "paused_until",
+    ]
     readonly_fields = [
         "secret_hint",
         "created_at",

@@ -13,6 +13,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from .signing import secret_new
+
 
 class EventType(models.TextChoices):
     MESSAGE_SENT = "message.sent"
@@ -46,7 +48,7 @@ class WebhookEndpoint(models.Model):
     events = models.JSONField(default=list)
     description = models.CharField(max_length=500, blank=True)
     # `whsec_` + base64 of the key; shown to the sender only on create and on rotate.
-    secret = models.CharField(max_length=100)
+    secret = models.CharField(max_length=100, default=secret_new)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # First failed attempt since the last success: 24 h of nothing but failures deactivates.

@@ -47,7 +47,8 @@ def endpoint_update(
     """Change the given fields; reactivating clears the failure history and wakes delivery."""
     changes: dict = {}
     if url is not None:
-        changes["url"] = _url_checked(url)
+        # A new address gets its first attempt now, not when the old one's pause ends.
+        changes.update(url=_url_checked(url), paused_until=None)
     if events is not None:
         changes["events"] = list(dict.fromkeys(events))
     if description is not None:

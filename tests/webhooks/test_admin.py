@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from apps.webhooks.models import EventStatus, WebhookDelivery, WebhookEvent
+from apps.webhooks.models import EventStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 from .conftest import endpoint_for
 
@@ -67,3 +67,27 @@ def test_events_filter_by_status_and_redeliver_action(admin_client, sender, now,
     given_up.refresh_from_db()
     assert given_up.status == EventStatus.PENDING
     assert given_up.next_attempt_at is not None
+
+
+def test_admin_created_endpoint_gets_a_secret_and_its_url_is_checked(admin_client, sender, settings):
+    add = reverse("admin:webhooks_webhookendpoint_add")
+    form = {
+        "owner": sender.pk,
+        "events": '["message.sent"]',
+        "description": "",
+        "is_active": "on",
+        # The (read-only) inline's management form.
+        "deliveries-TOTAL_FORMS": "0",
+        "deliveries-INITIAL_FORMS": "0",
+    }
+    settings.WEBHOOK_ALLOW_PRIVATE_URLS = False
+    refused = admin_client.post(add, {**form, "url": "https://127.0.0.1/x"})
+    assert refused.status_code == 200
+    assert "loopback" in refused.content.decode()
+    settings.WEBHOOK_ALLOW_PRIVATE_URLS = True
+    bad_events = admin_client.post(add, {**form, "url": "http://127.0.0.1:9/x", "events": '["nope"]'})
+    assert "nope" in bad_events.content.decode()
+    response = admin_client.post(add, {**form, "url": "http://127.0.0.1:9/x"})
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    [endpoint] = WebhookEndpoint.objects.all()
+    assert endpoint.secret.startswith("whsec_")

@@ -77,6 +77,5 @@ def test_listener_cost(sender, mobile_user, redis):
         if endpoint is not None:
             endpoint.delete()
     for name, values in results.items():
-        print(
-            f"{name:40s} {statistics.median(values):8.0f} us per transition (runs: {[round(v) for v in values]})"
-        )
+        runs = [round(v) for v in values]
+        print(f"{name:40s} {statistics.median(values):8.0f} us per transition (runs: {runs})")

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser
@@ -193,63 +193,84 @@ def _phones(events: list[WebhookEvent]) -> dict[int, str]:
 
 
 @dataclass(frozen=True)
-class _Recorded:
-    delivery: WebhookDelivery
-    deactivated: bool
+class _Sent:
+    event: WebhookEvent
+    answer: client.Answer
+    at: datetime
 
 
-def _attempt_record(
-    endpoint: WebhookEndpoint, event: WebhookEvent, answer: client.Answer, *, now: datetime, lease: datetime
-) -> _Recorded:
-    """Store one attempt's outcome and the event's next step; return the attempt row."""
-    attempt = event.attempts + 1
-    deactivated = False
-    delivery = WebhookDelivery(
-        event=event,
-        endpoint=endpoint,
-        attempt=attempt,
-        status_code=answer.status_code,
-        error=answer.error,
-        at=now,
-        duration_ms=round(answer.seconds * 1000),
-    )
-    with transaction.atomic():
-        if answer.ok:
+def _batch_record(
+    endpoint: WebhookEndpoint, sent: list[_Sent], *, lease: datetime
+) -> tuple[list[WebhookDelivery], bool]:
+    """Store the attempts of one batch and each event's next step, in one transaction.
+
+    Return the attempt rows (in order) and whether the endpoint was deactivated. Recorded per
+    batch rather than per event: a worker that dies mid-batch sends those events again, which
+    at-least-once allows, and each event costs no round trip of its own.
+    """
+    deliveries: list[WebhookDelivery] = []
+    delivered: list[int] = []
+    failing_since = endpoint.failing_since
+    for item in sent:
+        attempt = item.event.attempts + 1
+        delivery = WebhookDelivery(
+            event=item.event,
+            endpoint=endpoint,
+            attempt=attempt,
+            status_code=item.answer.status_code,
+            error=item.answer.error,
+            at=item.at,
+            duration_ms=round(item.answer.seconds * 1000),
+        )
+        if item.answer.ok:
             delivery.outcome = AttemptOutcome.SUCCESS
-            # Success counts whatever the claim became meanwhile: sending it again is pointless.
-            WebhookEvent.objects.filter(pk=event.pk, status=EventStatus.PENDING).update(
-                status=EventStatus.DELIVERED, delivered_at=now, attempts=attempt, next_attempt_at=None
-            )
-            WebhookEndpoint.objects.filter(pk=endpoint.pk, failing_since__isnull=False).update(
-                failing_since=None
-            )
+            delivered.append(item.event.pk)
+            failing_since = None
         else:
             given_up = attempt >= settings.WEBHOOK_MAX_ATTEMPTS
-            next_at = None if given_up else now + timedelta(seconds=retry_delay(attempt))
+            delivery.next_attempt_at = None if given_up else item.at + timedelta(seconds=retry_delay(attempt))
             delivery.outcome = AttemptOutcome.GAVE_UP if given_up else AttemptOutcome.FAILURE
-            delivery.next_attempt_at = next_at
-            # Only while our claim holds: a redelivery or a later claim decides otherwise.
-            WebhookEvent.objects.filter(
-                pk=event.pk, status=EventStatus.PENDING, next_attempt_at=lease
-            ).update(
-                status=EventStatus.GIVEN_UP if given_up else EventStatus.PENDING,
-                attempts=attempt,
-                next_attempt_at=next_at,
+            failing_since = failing_since or item.at
+        item.event.attempts = attempt
+        deliveries.append(delivery)
+    now = sent[-1].at
+    deactivated = False
+    with transaction.atomic():
+        if delivered:
+            # Success counts whatever the claim became meanwhile: sending it again is pointless.
+            WebhookEvent.objects.filter(pk__in=delivered, status=EventStatus.PENDING).update(
+                status=EventStatus.DELIVERED,
+                delivered_at=now,
+                attempts=F("attempts") + 1,
+                next_attempt_at=None,
             )
-            WebhookEndpoint.objects.filter(pk=endpoint.pk, failing_since__isnull=True).update(
-                failing_since=now
-            )
+        for delivery in deliveries:
+            if delivery.outcome != AttemptOutcome.SUCCESS:
+                # Only while our claim holds: a redelivery or a later claim decides otherwise.
+                WebhookEvent.objects.filter(
+                    pk=delivery.event.pk, status=EventStatus.PENDING, next_attempt_at=lease
+                ).update(
+                    status=EventStatus.GIVEN_UP
+                    if delivery.outcome == AttemptOutcome.GAVE_UP
+                    else EventStatus.PENDING,
+                    attempts=delivery.attempt,
+                    next_attempt_at=delivery.next_attempt_at,
+                )
+        WebhookDelivery.objects.bulk_create(deliveries)
+        if failing_since != endpoint.failing_since:
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(failing_since=failing_since)
+            endpoint.failing_since = failing_since
+        if failing_since is not None and failing_since <= now - DEACTIVATE_AFTER:
             deactivated = bool(
-                WebhookEndpoint.objects.filter(
-                    pk=endpoint.pk, is_active=True, failing_since__lte=now - DEACTIVATE_AFTER
-                ).update(is_active=False, deactivated_at=now)
+                WebhookEndpoint.objects.filter(pk=endpoint.pk, is_active=True).update(
+                    is_active=False, deactivated_at=now
+                )
             )
-            if deactivated:
-                logger.warning("webhook.endpoint_deactivated", extra={"endpoint_id": endpoint.pk})
-        delivery.save()
-    metrics.webhook_delivery(outcome=delivery.outcome)
-    event.attempts = attempt
-    return _Recorded(delivery, deactivated)
+    if deactivated:
+        logger.warning("webhook.endpoint_deactivated", extra={"endpoint_id": endpoint.pk})
+    for delivery in deliveries:
+        metrics.webhook_delivery(outcome=delivery.outcome)
+    return deliveries, deactivated
 
 
 @dataclass
@@ -291,11 +312,12 @@ def lane_run(
 def _lane_drain(
     lane: _Lane, clock: Callable[[], datetime], report: LaneReport, deadline: float | None
 ) -> bool:
-    """Send batches until none is due or the receiver is unreachable; return whether time ran out."""
+    """Send batches until none is due or the receiver is unreachable; return whether time ran out.
+
+    A slice ends after the round in which it ran out (or, for a slow receiver, within a round).
+    """
     endpoint_id = lane.endpoint_id
     while True:
-        if deadline is not None and time.monotonic() > deadline:
-            return True
         lease = clock() + timedelta(seconds=lease_seconds())
         batch = _claim(endpoint_id, clock(), lease)
         if not batch:
@@ -305,29 +327,42 @@ def _lane_drain(
             _unclaim(batch, lease, clock())
             return False
         phones = _phones(batch)
-        for index, event in enumerate(batch):
+        # Well before the claims and the lane expire, however slow the receiver answers.
+        renew_by = time.monotonic() + lease_seconds() / 2
+        sent: list[_Sent] = []
+        for event in batch:
             body = body_for(event, phone_number=phones.get(event.recipient_id) or None)
             headers = headers_for(
                 event, secret=endpoint.secret, body=body, timestamp=int(clock().timestamp())
             )
             answer = client.post(endpoint.url, body=body, headers=headers)
-            now = clock()
-            recorded = _attempt_record(endpoint, event, answer, now=now, lease=lease)
-            delivery = recorded.delivery
-            report.attempts += 1
-            report.delivered += delivery.outcome == AttemptOutcome.SUCCESS
-            rest = batch[index + 1 :]
+            sent.append(_Sent(event, answer, clock()))
             if answer.unreachable:
                 # Whatever else is due would wait for the same timeout: it waits for this retry.
-                pause = delivery.next_attempt_at or now + timedelta(seconds=retry_delay(delivery.attempt))
-                WebhookEndpoint.objects.filter(pk=endpoint_id).update(paused_until=pause)
-                _unclaim(rest, lease, now)
-                logger.info(
-                    "webhook.endpoint_paused",
-                    extra={"endpoint_id": endpoint_id, "until": pause.isoformat(), "error": answer.error},
-                )
-                return False
-            if recorded.deactivated:
-                _unclaim(rest, lease, now)
-                return False
-            lane.renew(now)
+                break
+            if (deadline is not None and time.monotonic() > deadline) or time.monotonic() > renew_by:
+                break  # a slow receiver: record, renew the lane (or give the slot back), go on
+        deliveries, deactivated = _batch_record(endpoint, sent, lease=lease)
+        report.attempts += len(sent)
+        report.delivered += sum(d.outcome == AttemptOutcome.SUCCESS for d in deliveries)
+        now = clock()
+        if sent[-1].answer.unreachable:
+            last = deliveries[-1]
+            pause = last.next_attempt_at or now + timedelta(seconds=retry_delay(last.attempt))
+            WebhookEndpoint.objects.filter(pk=endpoint_id).update(paused_until=pause)
+            _unclaim(batch[len(sent) :], lease, now)
+            logger.info(
+                "webhook.endpoint_paused",
+                extra={
+                    "endpoint_id": endpoint_id,
+                    "until": pause.isoformat(),
+                    "error": sent[-1].answer.error,
+                },
+            )
+            return False
+        if deactivated:
+            return False
+        _unclaim(batch[len(sent) :], lease, now)
+        lane.renew(now)
+        if deadline is not None and time.monotonic() > deadline:
+            return True  # at least one round per slice, so that a slice always makes progress

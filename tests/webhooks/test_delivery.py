@@ -298,3 +298,20 @@ def test_deliveries_count_in_the_metric(sender, mobile_user, endpoint, receiver,
     delivery.lane_run(endpoint_id=endpoint.pk, now=event.next_attempt_at)
     assert {o: value(o) - before[o] for o in before} == {"success": 1, "failure": 1, "gave_up": 1}
     assert WebhookEndpoint.objects.get().is_active
+
+
+def test_task_gives_its_slot_back_after_its_time_slice_and_requeues_itself(
+    sender, mobile_user, endpoint, receiver, redis, settings
+):
+    from apps.webhooks.tasks import deliver_endpoint
+
+    _sent(sender, mobile_user, 3)
+    redis.delete("webhooks")
+    settings.WEBHOOK_BATCH = 1
+    settings.WEBHOOK_SLICE_SECONDS = 0  # the slice ends after the first round
+    deliver_endpoint(endpoint.pk)
+    assert 1 <= len(receiver.requests) < 3
+    assert redis.llen("webhooks") == 1  # the rest waits behind other endpoints' tasks
+    settings.WEBHOOK_SLICE_SECONDS = 60
+    deliver_endpoint(endpoint.pk)
+    assert len(set(receiver.successful_ids())) == 3

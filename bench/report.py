@@ -401,7 +401,7 @@ def _extra_rows(results: dict, add, not_run) -> None:
         add(
             "p11 batch delivered+acked with webhooks (p3 without)",
             f"{p11['delivered_per_s'] or 0:,.0f} vs {p11['p3_delivered_per_s'] or 0:,.0f} msg/s",
-            ratio=f"{slowdown:+.0%} slower" if slowdown is not None else "",
+            ratio=f"{1 - slowdown:.2f}x p3's" if slowdown is not None else "",
         )
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
@@ -235,42 +235,61 @@ def _batch_record(
         deliveries.append(delivery)
     now = sent[-1].at
     deactivated = False
-    with transaction.atomic():
-        if delivered:
-            # Success counts whatever the claim became meanwhile: sending it again is pointless.
-            WebhookEvent.objects.filter(pk__in=delivered, status=EventStatus.PENDING).update(
-                status=EventStatus.DELIVERED,
-                delivered_at=now,
-                attempts=F("attempts") + 1,
-                next_attempt_at=None,
-            )
-        for delivery in deliveries:
-            if delivery.outcome != AttemptOutcome.SUCCESS:
-                # Only while our claim holds: a redelivery or a later claim decides otherwise.
-                WebhookEvent.objects.filter(
-                    pk=delivery.event.pk, status=EventStatus.PENDING, next_attempt_at=lease
-                ).update(
-                    status=EventStatus.GIVEN_UP
-                    if delivery.outcome == AttemptOutcome.GAVE_UP
-                    else EventStatus.PENDING,
-                    attempts=delivery.attempt,
-                    next_attempt_at=delivery.next_attempt_at,
-                )
-        WebhookDelivery.objects.bulk_create(deliveries)
-        if failing_since != endpoint.failing_since:
-            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(failing_since=failing_since)
-            endpoint.failing_since = failing_since
-        if failing_since is not None and failing_since <= now - DEACTIVATE_AFTER:
-            deactivated = bool(
-                WebhookEndpoint.objects.filter(pk=endpoint.pk, is_active=True).update(
-                    is_active=False, deactivated_at=now
-                )
-            )
+    try:
+        with transaction.atomic():
+            deactivated = _batch_store(endpoint, deliveries, delivered, failing_since, now=now, lease=lease)
+    except IntegrityError:  # the endpoint was deleted while its events were being sent
+        logger.info("webhook.endpoint_gone", extra={"endpoint_id": endpoint.pk})
+        return deliveries, True
     if deactivated:
         logger.warning("webhook.endpoint_deactivated", extra={"endpoint_id": endpoint.pk})
     for delivery in deliveries:
         metrics.webhook_delivery(outcome=delivery.outcome)
     return deliveries, deactivated
+
+
+def _batch_store(
+    endpoint: WebhookEndpoint,
+    deliveries: list[WebhookDelivery],
+    delivered: list[int],
+    failing_since: datetime | None,
+    *,
+    now: datetime,
+    lease: datetime,
+) -> bool:
+    """Write a batch's outcomes (in the caller's transaction); return whether it deactivated the endpoint."""
+    deactivated = False
+    if delivered:
+        # Success counts whatever the claim became meanwhile: sending it again is pointless.
+        WebhookEvent.objects.filter(pk__in=delivered, status=EventStatus.PENDING).update(
+            status=EventStatus.DELIVERED,
+            delivered_at=now,
+            attempts=F("attempts") + 1,
+            next_attempt_at=None,
+        )
+    for delivery in deliveries:
+        if delivery.outcome != AttemptOutcome.SUCCESS:
+            # Only while our claim holds: a redelivery or a later claim decides otherwise.
+            WebhookEvent.objects.filter(
+                pk=delivery.event.pk, status=EventStatus.PENDING, next_attempt_at=lease
+            ).update(
+                status=EventStatus.GIVEN_UP
+                if delivery.outcome == AttemptOutcome.GAVE_UP
+                else EventStatus.PENDING,
+                attempts=delivery.attempt,
+                next_attempt_at=delivery.next_attempt_at,
+            )
+    WebhookDelivery.objects.bulk_create(deliveries)
+    if failing_since != endpoint.failing_since:
+        WebhookEndpoint.objects.filter(pk=endpoint.pk).update(failing_since=failing_since)
+        endpoint.failing_since = failing_since
+    if failing_since is not None and failing_since <= now - DEACTIVATE_AFTER:
+        deactivated = bool(
+            WebhookEndpoint.objects.filter(pk=endpoint.pk, is_active=True).update(
+                is_active=False, deactivated_at=now
+            )
+        )
+    return deactivated
 
 
 @dataclass

@@ -315,3 +315,22 @@ def test_task_gives_its_slot_back_after_its_time_slice_and_requeues_itself(
     settings.WEBHOOK_SLICE_SECONDS = 60
     deliver_endpoint(endpoint.pk)
     assert len(set(receiver.successful_ids())) == 3
+
+
+def test_endpoint_deleted_while_its_events_are_sent_ends_the_lane_quietly(
+    sender, mobile_user, endpoint, receiver
+):
+    from django.db import connection
+
+    def delete_then_answer(n, request):
+        WebhookEndpoint.objects.filter(pk=endpoint.pk).delete()
+        connection.close()  # this thread's own connection
+        return 200
+
+    receiver.script = delete_then_answer
+    _sent(sender, mobile_user, 2)
+    report = delivery.lane_run(endpoint_id=endpoint.pk)
+    assert report.attempts == 2
+    assert not WebhookEndpoint.objects.exists()
+    assert not WebhookEvent.objects.exists()
+    assert not WebhookDelivery.objects.exists()

@@ -13,7 +13,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "messaging_project.settings.loca
 
 app = Celery("messaging_project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = (Queue("high"), Queue("default"), Queue("low"))
+# `webhooks` (apps/webhooks/tasks.py): after the message queues a sender is waiting on, before
+# low-priority messages.
+app.conf.task_queues = (Queue("high"), Queue("default"), Queue("webhooks"), Queue("low"))
 app.autodiscover_tasks()
 
 

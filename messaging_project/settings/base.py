@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "apps.devices",
     "apps.audit",
     "apps.privacy",
+    "apps.webhooks",
 ]
 
 MIDDLEWARE = [
@@ -174,6 +175,8 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.2,
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Webhook deliveries wait on other people's servers: their own queue (messaging_project/celery.py).
+CELERY_TASK_ROUTES = {"apps.webhooks.tasks.*": {"queue": "webhooks"}}
 # Celery's Django fixup closes every database connection before and after each task, and with
 # a connection pool it closes the whole pool: each task paid a new PostgreSQL connection (a
 # worker delivered 59 single-message tasks/s). It now does so only every this many tasks;
@@ -371,7 +374,27 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     StatusEnum="apps.messaging.models.Status",
     MediaStatusEnum="apps.media.models.MediaStatus",
     ConversationStatusEnum="apps.conversations.models.ConversationStatus",
+    WebhookEventTypeEnum="apps.webhooks.models.EventType",
+    WebhookOutcomeEnum="apps.webhooks.models.AttemptOutcome",
 )
+
+# --- Status webhooks (SPEC.md section 8; apps/webhooks) -------------------------------------
+# A 2xx within the timeout is success; failures retry from the base delay, doubling, capped at
+# an hour, up to the attempts limit. Private URLs (and plain http) only for local runs and tests.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10)
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=5)
+WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=3600)
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=12)
+WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=False)
+# How often beat wakes endpoints with due events (retries, lost wake-ups); events claimed per
+# round; the time slice a delivery task spends on one endpoint before requeueing itself; how
+# long a claimed event or a held lane waits for news from a worker (0: twice the timeout + 5 s).
+WEBHOOK_SWEEP_SECONDS = env.float("WEBHOOK_SWEEP_SECONDS", default=5)
+WEBHOOK_BATCH = env.int("WEBHOOK_BATCH", default=100)
+WEBHOOK_SLICE_SECONDS = env.float("WEBHOOK_SLICE_SECONDS", default=1)
+WEBHOOK_LEASE_SECONDS = env.float("WEBHOOK_LEASE_SECONDS", default=0)
+if WEBHOOK_MAX_ATTEMPTS < 1 or WEBHOOK_TIMEOUT_SECONDS <= 0:
+    raise environ.ImproperlyConfigured("WEBHOOK_MAX_ATTEMPTS must be >= 1 and WEBHOOK_TIMEOUT_SECONDS > 0")
 
 # --- Logging: JSON lines with the correlation id ------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
@@ -448,6 +471,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.privacy.tasks.purge_expired_messages",
         "schedule": 24 * 3600,
         "options": {"queue": "low", "expires": 12 * 3600},
+    },
+    # Webhooks: wake endpoints whose events are due (retries, wake-ups lost after a commit).
+    "webhooks": {
+        "task": "apps.webhooks.tasks.sweep_webhooks",
+        "schedule": WEBHOOK_SWEEP_SECONDS,
+        "options": _SWEEP,
     },
     # Media: remove uploads unattached for 24 h, re-dispatch lost thumbnail work.
     "media": {

@@ -18,6 +18,11 @@ from django.conf import settings
 
 from . import addresses
 
+# `_client_new` replaces the private connection pool of httpx's transport (httpx gives no public
+# way to pass httpcore a network backend): re-read HTTPTransport.__init__ before widening these.
+HTTPX_TESTED = ("0.28.",)
+HTTPCORE_TESTED = ("1.0.",)
+
 # At most this much of a receiver's answer is read (only its status matters).
 MAX_BODY_READ = 64 * 1024
 

@@ -89,6 +89,8 @@ class WebhookEvent(models.Model):
     type = models.CharField(max_length=32, choices=EventType.choices)
     payload = models.JSONField()
     recipient_id = models.BigIntegerField(null=True, blank=True)
+    # The message it is about: the admin's message timeline lists its events by it.
+    message_id = models.UUIDField(null=True, blank=True, db_index=True)
     status = models.CharField(max_length=16, choices=EventStatus.choices, default=EventStatus.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
     # Due when pending and not in the future; a claim moves it ahead by a lease, so a worker

@@ -42,13 +42,14 @@ _INSERT_COLUMNS = (
     "type",
     "payload",
     "recipient_id",
+    "message_id",
     "status",
     "attempts",
     "next_attempt_at",
     "created_at",
 )
 _INSERT_SQL = f'INSERT INTO "{WebhookEvent._meta.db_table}" ({", ".join(_INSERT_COLUMNS)}) VALUES '
-_INSERT_ROW = "(%s, %s, %s, %s::jsonb, %s, 'pending', 0, %s, %s)"
+_INSERT_ROW = "(%s, %s, %s, %s::jsonb, %s, %s, 'pending', 0, %s, %s)"
 
 
 def _subscribed(owner_ids: set[int], event_type: str) -> dict[int, list[int]]:
@@ -71,11 +72,11 @@ def _subscribed(owner_ids: set[int], event_type: str) -> dict[int, list[int]]:
 
 
 def _insert(events: list[tuple]) -> None:
-    """Insert (endpoint_id, type, payload, recipient_id, at) rows as pending events, in one statement."""
+    """Insert (endpoint_id, type, payload, recipient_id, at, message_id) rows as pending events, at once."""
     if connection.vendor == "postgresql":
         params: list = []
-        for endpoint_id, event_type, payload, recipient_id, at in events:
-            params += [uuid.uuid4(), endpoint_id, event_type, payload, recipient_id, at, at]
+        for endpoint_id, event_type, payload, recipient_id, at, message_id in events:
+            params += [uuid.uuid4(), endpoint_id, event_type, payload, recipient_id, message_id, at, at]
         with connection.cursor() as cursor:
             cursor.execute(_INSERT_SQL + ", ".join([_INSERT_ROW] * len(events)), params)
         return
@@ -85,10 +86,11 @@ def _insert(events: list[tuple]) -> None:
             type=event_type,
             payload=json.loads(payload),
             recipient_id=recipient_id,
+            message_id=message_id,
             created_at=at,
             next_attempt_at=at,
         )
-        for endpoint_id, event_type, payload, recipient_id, at in events
+        for endpoint_id, event_type, payload, recipient_id, at, message_id in events
     )
 
 
@@ -137,7 +139,8 @@ def status_changed(change: hooks.StatusChange) -> None:
         if subscribed:
             payload = json.dumps(data)
             events.extend(
-                (endpoint_id, event_type, payload, row.recipient_id, change.at) for endpoint_id in subscribed
+                (endpoint_id, event_type, payload, row.recipient_id, change.at, row.id)
+                for endpoint_id in subscribed
             )
     if events:
         _record(events)
@@ -160,7 +163,7 @@ def chat_received(event: hooks.ChatReceived) -> None:
     payload = json.dumps(data)
     _record(
         [
-            (endpoint_id, EventType.CHAT_MESSAGE_RECEIVED.value, payload, None, event.at)
+            (endpoint_id, EventType.CHAT_MESSAGE_RECEIVED.value, payload, None, event.at, event.message_id)
             for endpoint_id in endpoints[event.business_id]
         ]
     )

@@ -6,8 +6,9 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.urls import reverse
 
-from apps.messaging import lifecycle
+from apps.messaging import lifecycle, services
 from apps.messaging.models import Message, Status
 from apps.webhooks import delivery
 from apps.webhooks.models import AttemptOutcome, EventStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -334,3 +335,24 @@ def test_endpoint_deleted_while_its_events_are_sent_ends_the_lane_quietly(
     assert not WebhookEndpoint.objects.exists()
     assert not WebhookEvent.objects.exists()
     assert not WebhookDelivery.objects.exists()
+
+
+def test_a_canceled_message_produces_message_canceled_and_its_page_shows_the_webhook_history(
+    sender, mobile_user, endpoint_canceled, receiver, now, admin_client
+):
+    message = MessageFactory(sender=sender, recipient=mobile_user, status=Status.QUEUED)
+    services.message_cancel(sender=sender, message_id=message.pk)
+    delivery.lane_run(endpoint_id=endpoint_canceled.pk)
+
+    [request] = receiver.requests
+    body = json.loads(request.body)
+    assert (body["type"], body["data"]["message_id"]) == ("message.canceled", str(message.pk))
+    assert body["data"]["failure_reason"] == "canceled by the sender"
+    page = admin_client.get(reverse("admin:messaging_message_change", args=[message.pk])).content.decode()
+    assert "webhook event recorded" in page and "webhook delivery" in page
+    assert "message.canceled, attempt 1: success (HTTP 200)" in page
+
+
+@pytest.fixture
+def endpoint_canceled(sender, receiver):
+    return endpoint_for(sender, receiver.url, events=["message.canceled"])

@@ -24,9 +24,12 @@ import sys
 import time
 
 APPLICATION = "messaging_project.asgi:application"
-# The WebSocket frame limit, as settings.REALTIME_MAX_FRAME_BYTES (same variable, same default):
-# daphne then closes a larger frame with 1009 before buffering it.
+# The WebSocket frame limit, as settings.REALTIME_MAX_FRAME_BYTES (same variable, same default).
+# The consumer answers a larger frame with a `frame_too_large` error. daphne gets a hard cap of a
+# few times that, so that no frame is buffered past it; past it autobahn drops the connection
+# (no close frame: the client sees 1006), so the cap stays above the limit that answers.
 MAX_FRAME_BYTES_DEFAULT = 128 * 1024
+HARD_CAP_FACTOR = 4
 # A child that keeps dying is restarted at most this often.
 RESTART_DELAY_SECONDS = 1.0
 
@@ -36,8 +39,8 @@ def _daphne() -> str:
 
 
 def _frame_limits() -> list[str]:
-    size = os.environ.get("REALTIME_MAX_FRAME_BYTES", str(MAX_FRAME_BYTES_DEFAULT))
-    return ["--websocket-max-message-size", size, "--websocket-max-frame-size", size]
+    cap = str(HARD_CAP_FACTOR * int(os.environ.get("REALTIME_MAX_FRAME_BYTES", MAX_FRAME_BYTES_DEFAULT)))
+    return ["--websocket-max-message-size", cap, "--websocket-max-frame-size", cap]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

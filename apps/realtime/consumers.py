@@ -38,8 +38,6 @@ from .receipts import receipt_apply
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
-# RFC 6455 "message too big": what daphne (autobahn) itself answers past the same limit.
-CLOSE_TOO_BIG = 1009
 # A client that goes on flooding after its `rate_limited` answers, as 4401 mirrors HTTP's 401.
 CLOSE_FLOODING = 4429
 # Refusals counted within this many seconds for closing a flooding connection.
@@ -157,8 +155,11 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
             return
         size = len(text_data) if text_data is not None else len(bytes_data or b"")
         if size > settings.REALTIME_MAX_FRAME_BYTES:
-            # daphne closes first, before buffering the frame; this covers other servers.
-            await self.close(code=CLOSE_TOO_BIG)
+            # A bad frame like any other: answered, the connection stays open. daphne's own cap
+            # (messaging_project/web.py) is higher, because past it daphne can only drop the
+            # connection (an application may not close with 1009).
+            limit = settings.REALTIME_MAX_FRAME_BYTES
+            await self._error("frame_too_large", f"Frames are at most {limit:,} bytes; this one was dropped.")
             return
         if text_data is None:
             await self._error("invalid_frame", "Frames are JSON text.")

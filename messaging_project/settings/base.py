@@ -232,8 +232,8 @@ AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=1)
 
 # --- WebSocket frames (apps/realtime/consumers.py) --------------------------------------
 # The largest frame a client may send: a chat.send of 10,000 characters fits even with every
-# character escaped as a JSON surrogate pair. daphne closes a larger one with 1009 before
-# buffering it (messaging_project/web.py passes the same variable, same default).
+# character escaped as a JSON surrogate pair. A larger one gets a `frame_too_large` error; daphne
+# drops the connection past 4 times this, unbuffered (messaging_project/web.py reads it too).
 REALTIME_MAX_FRAME_BYTES = env.int("REALTIME_MAX_FRAME_BYTES", default=128 * 1024)
 # Frames a connection may send: a bucket of REALTIME_FRAME_BURST refilled at this rate a second.
 # A frame past it is dropped with a `rate_limited` error; REALTIME_FLOOD_CLOSE_AFTER drops within

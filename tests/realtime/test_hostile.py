@@ -2,7 +2,7 @@
 
 Every case is answered with an `error` frame (the connection stays usable) or a clean close,
 never a crash, and nothing is stored or relayed for a refused frame: malformed and ill-typed
-frames, oversized frames (1009), receipts naming too many ids, floods (`rate_limited`, then
+frames, oversized frames, receipts naming too many ids, floods (`rate_limited`, then
 4429), the mobile users' chat send limit (shared with REST), and typing into a conversation
 closed while the socket is open. tests/e2e/test_hostile.py shows the frame limit on real daphne.
 """
@@ -21,7 +21,7 @@ from apps.conversations.models import ConversationStatus
 from apps.conversations.services import conversation_close
 from apps.messaging import flow, services
 from apps.messaging.models import Message, Status
-from apps.realtime.consumers import CLOSE_FLOODING, CLOSE_TOO_BIG, MAX_IDS_PER_FRAME
+from apps.realtime.consumers import CLOSE_FLOODING, MAX_IDS_PER_FRAME
 from tests.conftest import client_for
 
 from .conftest import (
@@ -221,27 +221,28 @@ async def test_receipt_with_5000_ids_is_refused_whole(kind, sender, mobile_user,
 
 
 @async_test
-async def test_receipt_of_5000_uuids_is_past_the_frame_limit_and_closes_with_1009(
+async def test_receipt_of_5000_uuids_is_past_the_frame_limit_and_refused_whole(
     sender, mobile_user, mobile_token, redis
 ):
     message = await db(_send)(sender, mobile_user)
     ids = [str(message.pk)] + [str(uuid.uuid4()) for _ in range(4999)]
-    ws = await _connected(mobile_token)
-    await receive_messages(ws, 1)
-    await send_frame(ws, {"type": "ack", "message_ids": ids})
-    assert await closed_with(ws) == CLOSE_TOO_BIG
-    await ws.disconnect(timeout=TIMEOUT)
-    assert (await db(_state)(message.pk))[0] in (Status.SENT, Status.PENDING)  # released, never acked
+    async with mobile_socket(mobile_token) as ws:
+        await receive_messages(ws, 1)
+        await refused(ws, {"type": "ack", "message_ids": ids}, "frame_too_large")
+        await round_trip(ws)
+        assert await db(_state)(message.pk) == (Status.SENT, None, None)
 
 
 @async_test
 @pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
-async def test_a_frame_over_the_limit_closes_the_socket_with_1009(
-    binary, settings, mobile_user, mobile_token, redis
+async def test_a_frame_over_the_limit_is_refused_and_the_socket_stays_usable(
+    binary, settings, sender, mobile_user, mobile_token, redis
 ):
     settings.REALTIME_MAX_FRAME_BYTES = 4096
-    big = json.dumps({"type": "ping", "pad": "x" * 5000})
+    message = await db(_send)(sender, mobile_user)
+    big = json.dumps({"type": "ack", "message_ids": [str(message.pk)], "pad": "x" * 5000})
     async with mobile_socket(mobile_token) as ws:
+        await receive_messages(ws, 1)
         # Just under the limit is an ordinary frame.
         await send_frame(ws, {"type": "ping", "pad": "x" * 4000})
         assert await receive(ws) == {"type": "pong"}
@@ -249,7 +250,12 @@ async def test_a_frame_over_the_limit_closes_the_socket_with_1009(
             await ws.send_to(bytes_data=big.encode())
         else:
             await ws.send_to(text_data=big)
-        assert await closed_with(ws) == CLOSE_TOO_BIG
+        error = await receive(ws)
+        assert (error["type"], error["code"]) == ("error", "frame_too_large")
+        assert "4,096" in error["detail"]
+        await round_trip(ws)
+        # The oversized ack was not acted on.
+        assert await db(_state)(message.pk) == (Status.SENT, None, None)
 
 
 def test_the_largest_valid_chat_send_fits_the_default_frame_limit(settings):
@@ -272,8 +278,14 @@ def test_web_passes_the_same_frame_limit_to_daphne(settings, monkeypatch):
     from messaging_project import web
 
     assert settings.REALTIME_MAX_FRAME_BYTES == web.MAX_FRAME_BYTES_DEFAULT
-    monkeypatch.setenv("REALTIME_MAX_FRAME_BYTES", "777")
-    assert web._frame_limits() == ["--websocket-max-message-size", "777", "--websocket-max-frame-size", "777"]
+    # daphne's hard cap is above the limit the consumer answers, never below.
+    monkeypatch.setenv("REALTIME_MAX_FRAME_BYTES", "1000")
+    assert web._frame_limits() == [
+        "--websocket-max-message-size",
+        "4000",
+        "--websocket-max-frame-size",
+        "4000",
+    ]
 
 
 # --- floods ---------------------------------------------------------------------------------

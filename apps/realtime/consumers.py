@@ -57,6 +57,15 @@ TYPING_BURST = 20
 TYPING_WINDOW_SECONDS = 10
 
 
+def _frame_bytes(text_data: str | None, bytes_data: bytes | None) -> int:
+    """Return the frame's size on the wire (text as UTF-8), or a lower bound far within the limit."""
+    if text_data is None:
+        return len(bytes_data or b"")
+    if len(text_data) * 4 <= settings.REALTIME_MAX_FRAME_BYTES:
+        return len(text_data)  # within the limit however wide its characters: no need to encode
+    return len(text_data.encode("utf-8", "surrogatepass"))
+
+
 def in_db_pool(func):
     """Run `func` (ORM work) in the thread pool.
 
@@ -153,8 +162,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         if not await self._admit_frame():
             return
-        size = len(text_data) if text_data is not None else len(bytes_data or b"")
-        if size > settings.REALTIME_MAX_FRAME_BYTES:
+        if _frame_bytes(text_data, bytes_data) > settings.REALTIME_MAX_FRAME_BYTES:
             # A bad frame like any other: answered, the connection stays open. daphne's own cap
             # (messaging_project/web.py) is higher, because past it daphne can only drop the
             # connection (an application may not close with 1009).

@@ -258,6 +258,16 @@ async def test_a_frame_over_the_limit_is_refused_and_the_socket_stays_usable(
         assert await db(_state)(message.pk) == (Status.SENT, None, None)
 
 
+@async_test
+async def test_the_frame_limit_counts_bytes_not_characters(settings, mobile_token, redis):
+    settings.REALTIME_MAX_FRAME_BYTES = 4096
+    async with mobile_socket(mobile_token) as ws:
+        # 3,000 characters, but 6,000 bytes of UTF-8 on the wire.
+        await ws.send_to(text_data=json.dumps({"type": "ping", "pad": "\u00e9" * 3000}, ensure_ascii=False))
+        assert (await receive(ws))["code"] == "frame_too_large"
+        await round_trip(ws)
+
+
 def test_the_largest_valid_chat_send_fits_the_default_frame_limit(settings):
     # 10,000 characters outside the BMP, escaped as surrogate pairs by an ASCII-only encoder.
     frame = {

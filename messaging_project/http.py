@@ -20,6 +20,7 @@ was written against, and tests/ops/test_asgi.py fails when the installed Django 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import django
@@ -28,6 +29,7 @@ from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.db import close_old_connections
 from django.http import HttpResponse
 from django.urls import set_script_prefix
 
@@ -36,6 +38,8 @@ DJANGO_TESTED = ("5.2",)
 # Paths a load balancer or Prometheus asks even when the process is saturated.
 UNLIMITED_PREFIXES = ("/health/", "/metrics")
 OVERLOAD_RETRY_AFTER_SECONDS = 1
+# A synchronous streaming body is sent in pieces of about this size, each read in the pool.
+STREAM_BATCH_BYTES = 64 * 1024
 
 
 def overloaded_response() -> HttpResponse:
@@ -81,6 +85,8 @@ class OneHopASGIHandler(ASGIHandler):
                 return
             try:
                 response = await self._respond_in_thread(scope, body_file)
+                if response.streaming and not response.is_async:
+                    response.streaming_content = self._pulled_in_pool(iter(response.streaming_content))
                 await self.send_response(response, send)
                 if response.streaming:
                     await sync_to_async(response.close, thread_sensitive=False, executor=self._executor)()
@@ -88,6 +94,20 @@ class OneHopASGIHandler(ASGIHandler):
                 body_file.close()
         finally:
             self.in_flight -= limited
+
+    def _pulled_in_pool(self, chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+        """Read a synchronous streaming body in the pool, STREAM_BATCH_BYTES at a time.
+
+        Django would otherwise consume the whole iterator into a list before sending a byte
+        (StreamingHttpResponse.__aiter__), so a large export would sit in memory at once.
+        """
+        pull = sync_to_async(_next_batch, thread_sensitive=False, executor=self._executor)
+
+        async def batches() -> AsyncIterator[bytes]:
+            while batch := await pull(chunks):
+                yield batch
+
+        return batches()
 
     def _respond(self, scope: dict, body_file) -> HttpResponse:
         """Run one request from request_started to request_finished (in a pool thread)."""
@@ -102,6 +122,25 @@ class OneHopASGIHandler(ASGIHandler):
             # pool) saves the thread hop Django spends on it after sending.
             response.close()
         return response
+
+
+def _next_batch(chunks: Iterator[bytes]) -> bytes:
+    """Return the next chunks of `chunks` joined, up to about STREAM_BATCH_BYTES (b"" at the end).
+
+    The generator may use the database: this thread's connection goes back to the pool
+    before the thread serves anything else.
+    """
+    batch: list[bytes] = []
+    size = 0
+    try:
+        for chunk in chunks:
+            batch.append(chunk)
+            size += len(chunk)
+            if size >= STREAM_BATCH_BYTES:
+                break
+    finally:
+        close_old_connections()
+    return b"".join(batch)
 
 
 def django_is_tested() -> bool:

@@ -13,6 +13,8 @@ urlpatterns = [
     path("api/v1/", include("apps.media.urls")),
     path("api/v1/", include("apps.devices.urls")),
     path("api/v1/", include("apps.conversations.urls")),
+    path("api/v1/", include("apps.privacy.urls")),
+    path("api/v1/", include("apps.webhooks.urls")),
     path("media/d/<str:token>/", media.download, name="media-download"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -10,7 +10,7 @@ from django.utils import timezone
 from apps.common.redis import redis_client
 
 from .models import ApiToken, MobileUser, User
-from .services import TICKET_PREFIX
+from .services import REVOKED_PREFIX, TICKET_PREFIX
 
 # Token digest -> (monotonic expiry, principal). The principal object keeps Django's permission
 # cache, so a cached sender costs no query at all for authentication and permission checks.
@@ -23,6 +23,9 @@ def principal_for_token(*, key: str) -> User | MobileUser | None:
 
     A principal found is remembered in this process for AUTH_TOKEN_CACHE_SECONDS: revoking a
     token, deactivating its owner or changing permissions takes up to that long to apply.
+    Except for a mobile user's tokens revoked by `services.tokens_revoke` (erasure): a cached
+    mobile principal is checked against the revocation markers in Redis, so it stops at once
+    in every process; senders, the hot path, pay no such round trip.
     """
     if not key or len(key) > 128:
         return None
@@ -30,7 +33,9 @@ def principal_for_token(*, key: str) -> User | MobileUser | None:
     ttl = settings.AUTH_TOKEN_CACHE_SECONDS
     hit = _principals.get(digest) if ttl > 0 else None
     if hit is not None and hit[0] > time.monotonic():
-        return hit[1]
+        if not isinstance(hit[1], MobileUser) or not _revoked(digest):
+            return hit[1]
+        _principals.pop(digest, None)
     principal = _principal_for_digest(digest)
     if principal is not None and ttl > 0:
         if len(_principals) >= _CACHE_MAX_ENTRIES:
@@ -42,6 +47,20 @@ def principal_for_token(*, key: str) -> User | MobileUser | None:
 def principal_cache_clear() -> None:
     """Forget every remembered principal (tests, and after revoking tokens in this process)."""
     _principals.clear()
+
+
+def principal_cache_forget(*, digests: list[str]) -> None:
+    """Forget the principals of these token digests in this process."""
+    for digest in digests:
+        _principals.pop(digest, None)
+
+
+def _revoked(digest: str) -> bool:
+    """Return whether the token was revoked by another process (fail closed: look it up)."""
+    try:
+        return bool(redis_client().exists(REVOKED_PREFIX + digest))
+    except Exception:  # noqa: BLE001 - without Redis, the database decides
+        return True
 
 
 def _principal_for_digest(digest: str) -> User | MobileUser | None:

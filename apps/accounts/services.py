@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import secrets
 from datetime import datetime, timedelta
 
@@ -15,8 +17,12 @@ from apps.common.redis import redis_client
 
 from .models import ApiToken, MobileUser, Tier, User
 
+logger = logging.getLogger(__name__)
+
 SENDER_DEFAULT_PERMISSIONS = ("send_message", "chat")
 TICKET_PREFIX = "realtime:ticket:"
+# A revoked token's digest, kept while another process may still have its owner cached.
+REVOKED_PREFIX = "auth:revoked:"
 
 
 def sender_create(*, username: str, tier: str = Tier.BASIC, permissions: tuple[str, ...] = ()) -> User:
@@ -60,3 +66,30 @@ def realtime_ticket_issue(*, principal: User | MobileUser) -> tuple[str, datetim
     kind = "mobile" if isinstance(principal, MobileUser) else "business"
     redis_client().set(TICKET_PREFIX + ticket, f"{kind}:{principal.pk}", ex=ttl)
     return ticket, timezone.now() + timedelta(seconds=ttl)
+
+
+def tokens_revoke(*, owner: User | MobileUser) -> int:
+    """Delete every token of `owner`, effective at once in every process; return how many.
+
+    Each process caches principals (AUTH_TOKEN_CACHE_SECONDS): this one forgets them now, and a
+    marker per digest in Redis makes the others look the token up again (selectors).
+    """
+    from .selectors import principal_cache_forget  # selectors imports this module
+
+    tokens = ApiToken.objects.filter(**{"user" if isinstance(owner, User) else "mobile_user": owner})
+    digests = list(tokens.values_list("digest", flat=True))
+    if not digests:
+        return 0
+    tokens.delete()
+    ttl = max(1, math.ceil(settings.AUTH_TOKEN_CACHE_SECONDS) + 5)
+    try:
+        with redis_client().pipeline(transaction=False) as pipe:
+            for digest in digests:
+                pipe.set(REVOKED_PREFIX + digest, 1, ex=ttl)
+            pipe.execute()
+    except Exception as exc:  # noqa: BLE001 - the rows are gone; caches expire within the TTL
+        logger.warning("accounts.revocation_marker_failed", extra={"error": repr(exc)})
+    principal_cache_forget(digests=digests)
+    # Again after commit: a request of this process may have cached it since.
+    transaction.on_commit(lambda: principal_cache_forget(digests=digests))
+    return len(digests)

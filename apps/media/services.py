@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Case, When
+from django.db.models import Case, QuerySet, When
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser, User
@@ -252,6 +252,22 @@ def media_delete(*, media: Media) -> None:
         locked.delete()
         transaction.on_commit(lambda: _delete_files(keys))
     logger.info("media.deleted", extra={"media_id": str(media.pk)})
+
+
+def media_delete_many(*, media: QuerySet[Media]) -> int:
+    """Delete `media` whether attached or not (erasure, retention): rows now, files after commit.
+
+    Run it inside the caller's transaction: the files go only if that transaction commits.
+    Return how many rows were removed.
+    """
+    with transaction.atomic():
+        doomed = list(media.order_by().select_for_update())
+        if not doomed:
+            return 0
+        Media.objects.filter(pk__in=[m.pk for m in doomed]).delete()
+        keys = [key for m in doomed for key in all_keys(m)]
+        transaction.on_commit(lambda: _delete_files(keys))
+    return len(doomed)
 
 
 def media_cleanup_unattached(*, limit: int | None = None) -> int:

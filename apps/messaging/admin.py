@@ -22,6 +22,7 @@ from django.utils.safestring import SafeString
 from django.utils.text import smart_split, unescape_string_literal
 from django.utils.translation import ngettext
 
+from apps.audit.services import audit_record
 from apps.common.phone import normalize_phone
 
 from .models import Broadcast, DeadLetter, DeliveryAttempt, Message
@@ -275,7 +276,7 @@ class BroadcastAdmin(admin.ModelAdmin):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(admin.ModelAdmin):
-    """Review failed messages; requeue or delete them, one at a time or in bulk."""
+    """Review failed messages; requeue or delete them, one at a time or in services."""
 
     list_display = (
         "id",
@@ -396,6 +397,13 @@ class DeadLetterAdmin(admin.ModelAdmin):
         selected = dead_letters.count()
         requeued = dead_letters_requeue(dead_letters=dead_letters)
         if requeued:
+            audit_record(
+                action="dead_letter.requeue",
+                object_type="messaging.message",
+                object_id=requeued[0] if len(requeued) == 1 else "",
+                actor=request.user,
+                details={"message_ids": requeued, "via": "admin"},
+            )
             LogEntry.objects.log_actions(
                 user_id=request.user.pk,
                 queryset=Message.objects.filter(pk__in=requeued),
@@ -445,7 +453,13 @@ class DeadLetterAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:messaging_deadletter_changelist"))
 
     def delete_model(self, request: HttpRequest, obj: DeadLetter) -> None:
+        _audit_delete(request, [obj])
         dead_letter_delete(dead_letter=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        _audit_delete(request, list(queryset))
+        for dead_letter in queryset:
+            dead_letter_delete(dead_letter=dead_letter)
 
     def response_delete(self, request: HttpRequest, obj_display: str, obj_id: object) -> HttpResponse:
         response = super().response_delete(request, obj_display, obj_id)
@@ -475,3 +489,19 @@ class DeadLetterAdmin(admin.ModelAdmin):
             "has_requeue_permission": self.has_requeue_permission(request),
         }
         return super().change_view(request, object_id, form_url, extra_context)
+
+
+def _audit_delete(request: HttpRequest, dead_letters: list[DeadLetter]) -> None:
+    """Record the deletion of dead letters from the admin (the audit log of SPEC.md section 10)."""
+    if dead_letters:
+        audit_record(
+            action="dead_letter.delete",
+            object_type="messaging.deadletter",
+            object_id=dead_letters[0].pk if len(dead_letters) == 1 else "",
+            actor=request.user,
+            details={
+                "dead_letter_ids": [d.pk for d in dead_letters],
+                "message_ids": [d.message_id for d in dead_letters],
+                "via": "admin",
+            },
+        )

@@ -12,16 +12,16 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import CanManageDeadLetters, CanSendMessage, sender_permission
+from apps.audit.services import audit_record
 from apps.common.ids import parse_uuid
 from apps.common.pagination import PagePagination
 from apps.common.serializers import represent
 
-from . import bulk
+from . import services
 from .content import MAX_CONTENT_LENGTH, normalize_content
 from .flow import sends_admit
 from .inputs import MAX_TTL_SECONDS, OneWayMessageInputSerializer, SendAtField, phone_field
 from .models import ContentType, DeadLetter, Kind, Priority, Status
-from .schedule import message_cancel
 from .selectors import (
     broadcast_get_for_sender,
     broadcast_progress,
@@ -126,7 +126,7 @@ class MessageCancelApi(APIView):
         pk = parse_uuid(message_id)
         if pk is None:
             raise NotFound("No message with this id among yours.")
-        message = message_cancel(sender=request.user, message_id=pk)
+        message = services.message_cancel(sender=request.user, message_id=pk)
         return Response(represent(MessageSerializer, message))
 
 
@@ -135,6 +135,17 @@ def _dead_letter_or_404(request: Request, dead_letter_id: str) -> DeadLetter:
     if not (dead_letter_id.isascii() and dead_letter_id.isdigit()):
         raise NotFound("No dead letter with this id among yours.")
     return get_object_or_404(dead_letters_visible_to(user=request.user), pk=int(dead_letter_id))
+
+
+def _audit_requeue(request: Request, requeued: list) -> None:
+    if requeued:
+        audit_record(
+            action="dead_letter.requeue",
+            object_type="messaging.message",
+            object_id=requeued[0] if len(requeued) == 1 else "",
+            actor=request.user,
+            details={"message_ids": requeued, "via": "api"},
+        )
 
 
 class DeadLetterListApi(APIView):
@@ -158,7 +169,16 @@ class DeadLetterDetailApi(APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, dead_letter_id: str) -> Response:
-        dead_letter_delete(dead_letter=_dead_letter_or_404(request, dead_letter_id))
+        dead_letter = _dead_letter_or_404(request, dead_letter_id)
+        pk, message_id = dead_letter.pk, dead_letter.message_id  # delete() clears the pk
+        dead_letter_delete(dead_letter=dead_letter)
+        audit_record(
+            action="dead_letter.delete",
+            object_type="messaging.deadletter",
+            object_id=pk,
+            actor=request.user,
+            details={"message_ids": [message_id], "via": "api"},
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -173,6 +193,7 @@ class DeadLetterRequeueApi(APIView):
     def post(self, request: Request, dead_letter_id: str) -> Response:
         dead_letter = _dead_letter_or_404(request, dead_letter_id)
         requeued = dead_letters_requeue(dead_letters=DeadLetter.objects.filter(pk=dead_letter.pk))
+        _audit_requeue(request, requeued)
         return Response({"requeued": [str(pk) for pk in requeued]}, status=status.HTTP_202_ACCEPTED)
 
 
@@ -196,6 +217,7 @@ class DeadLetterBulkRequeueApi(APIView):
         if found != ids:
             raise NotFound(f"No dead letter among yours with id(s) {sorted(ids - found)}.")
         requeued = dead_letters_requeue(dead_letters=visible)
+        _audit_requeue(request, requeued)
         return Response({"requeued": [str(pk) for pk in requeued]}, status=status.HTTP_202_ACCEPTED)
 
 
@@ -221,7 +243,7 @@ class BatchSendApi(APIView):
             # A list field, so that the schema shows the 1..BATCH_MAX bounds the view checks.
             fields={
                 "messages": serializers.ListField(
-                    child=OneWayMessageInputSerializer(), min_length=1, max_length=bulk.BATCH_MAX
+                    child=OneWayMessageInputSerializer(), min_length=1, max_length=services.BATCH_MAX
                 )
             },
         ),
@@ -232,8 +254,8 @@ class BatchSendApi(APIView):
         items = request.data.get("messages") if isinstance(request.data, dict) else None
         if not isinstance(items, list) or not items:
             raise ValidationError({"messages": ["Give a non-empty list of messages."]})
-        if len(items) > bulk.BATCH_MAX:
-            raise ValidationError({"messages": [f"At most {bulk.BATCH_MAX:,} messages per batch."]})
+        if len(items) > services.BATCH_MAX:
+            raise ValidationError({"messages": [f"At most {services.BATCH_MAX:,} messages per batch."]})
         # One child serializer validates every item (fields built once, not per item).
         serializer = OneWayMessageInputSerializer(data=items, many=True)
         if not serializer.is_valid():
@@ -245,18 +267,18 @@ class BatchSendApi(APIView):
         try:
             if key is None:
                 ids, created = (
-                    [m.pk for m in bulk.messages_send_batch(sender=request.user, items=valid)],
+                    [m.pk for m in services.messages_send_batch(sender=request.user, items=valid)],
                     True,
                 )
             else:
                 _check_idempotency_key(key)
-                ids, created = bulk.messages_send_batch_idempotent(
+                ids, created = services.messages_send_batch_idempotent(
                     sender=request.user,
                     idempotency_key=key,
                     body_hash=request_hash({"messages": valid}),
                     items=valid,
                 )
-        except bulk.BatchInvalid as exc:
+        except services.BatchInvalid as exc:
             raise ValidationError({"messages": {str(i): e for i, e in exc.errors.items()}}) from exc
         return Response(
             {"total": len(ids), "ids": [str(pk) for pk in ids]},
@@ -321,7 +343,7 @@ class BroadcastCreateApi(APIView):
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         data.pop("all")
-        recipient_ids, unknown = bulk.broadcast_audience(
+        recipient_ids, unknown = services.broadcast_audience(
             recipient_phone_numbers=data.pop("recipient_phone_numbers", None)
         )
         if unknown:
@@ -332,9 +354,9 @@ class BroadcastCreateApi(APIView):
                     ]
                 }
             )
-        total = len(recipient_ids) if recipient_ids is not None else bulk.active_audience_size()
+        total = len(recipient_ids) if recipient_ids is not None else services.active_audience_size()
         sends_admit(sender=request.user, count=max(total, 1))
-        broadcast = bulk.broadcast_create(sender=request.user, recipient_ids=recipient_ids, **data)
+        broadcast = services.broadcast_create(sender=request.user, recipient_ids=recipient_ids, **data)
         return Response({"id": str(broadcast.pk), "total": broadcast.total}, status=status.HTTP_202_ACCEPTED)
 
 

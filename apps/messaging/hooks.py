@@ -1,6 +1,6 @@
 """What apps above messaging may hear about messages, inside the transaction of the change.
 
-Messaging must not import the apps built on it (webhooks, audit): they register a listener
+Messaging must not import the apps built on it (webhooks): they register a listener
 here from their `AppConfig.ready()`, and the one owner of each change calls it in the same
 transaction, so an outbox row a listener writes commits or rolls back with the change itself.
 A listener must be cheap when it has nothing to do: it runs on every status change.

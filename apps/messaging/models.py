@@ -236,6 +236,12 @@ class Message(models.Model):
                 condition=Q(status__in=["queued", "pending", "sent"], expires_at__isnull=False),
                 name="message_expiry_idx",
             ),
+            # The retention purge (services/retention.py): old messages in a terminal status.
+            models.Index(
+                fields=["created_at"],
+                condition=Q(status__in=["read", "failed", "canceled"]),
+                name="message_retention_idx",
+            ),
             # The sender's list, newest first, with its filters.
             models.Index(fields=["sender", "-created_at"], name="message_sender_created_idx"),
             models.Index(fields=["sender", "status", "-created_at"], name="message_sender_status_idx"),

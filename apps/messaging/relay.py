@@ -207,7 +207,7 @@ class Relay:
 def _promote_due() -> datetime | None:
     """Promote the scheduled messages that are due; return when the next one is."""
     # schedule.py wakes the relays itself (relay_notify): imported here, not at the top.
-    from .schedule import scheduled_next_due_at, scheduled_promote_due
+    from .services.schedule import scheduled_next_due_at, scheduled_promote_due
 
     scheduled_promote_due()
     return scheduled_next_due_at()

@@ -13,7 +13,7 @@ from celery import shared_task
 from apps.common.logging import correlation_context
 from apps.common.transient import TRANSIENT
 
-from . import bulk, services
+from . import services
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +70,16 @@ def purge_idempotency_keys() -> int:
 @shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=8)
 def deliver_chunk(message_ids: list[str], correlation_id: str = "") -> dict:
     with correlation_context(correlation_id):
-        report = bulk.messages_deliver_chunk(message_ids=message_ids)
+        report = services.messages_deliver_chunk(message_ids=message_ids)
         logger.info("message.deliver_chunk", extra={"count": len(message_ids), "sent": report.sent})
         return {"sent": report.sent, "offline": report.offline, "failed": report.failed}
 
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=8)
 def expand_broadcast(broadcast_id: str, after: int) -> int | None:
-    return bulk.broadcast_expand_chunk(broadcast_id=broadcast_id, after=after)
+    return services.broadcast_expand_chunk(broadcast_id=broadcast_id, after=after)
 
 
 @shared_task(acks_late=True)
 def sweep_broadcasts() -> int:
-    return bulk.sweep_broadcasts()
+    return services.sweep_broadcasts()

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
 from apps.common.errors import DomainError
+
+logger = logging.getLogger(__name__)
+
+# The database unreachable (refused, timed out, connection lost, pool exhausted: psycopg's
+# PoolTimeout is an OperationalError): a dependency down, so 503 and a retry hint, never 500.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 def _first_message(data) -> str:
@@ -26,6 +37,14 @@ def exception_handler(exc, context):
         retry_after = exc.retry_after_seconds
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         return Response({"detail": exc.detail}, status=exc.status_code, headers=headers)
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        set_rollback()
+        logger.warning("database.unavailable", extra={"error": f"{exc.__class__.__name__}: {exc}"[:300]})
+        return Response(
+            {"detail": "The database is unavailable; retry shortly."},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, DjangoValidationError):
         return Response({"detail": " ".join(exc.messages)}, status=status.HTTP_400_BAD_REQUEST)
     response = drf_exception_handler(exc, context)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from django.db import DatabaseError
 
 from apps.accounts.selectors import principal_for_ticket, principal_for_token
 
@@ -41,5 +42,11 @@ class TokenAuthMiddleware:
         self.inner = inner
 
     async def __call__(self, scope, receive, send):
-        scope = dict(scope, principal=await _resolve(scope))
+        try:
+            principal, unavailable = await _resolve(scope), False
+        except DatabaseError:
+            # The database is down: not a bad token (4401 would make an app log its user out)
+            # but "try again later", which the consumer answers with 4503.
+            principal, unavailable = None, True
+        scope = dict(scope, principal=principal, auth_unavailable=unavailable)
         return await self.inner(scope, receive, send)

@@ -38,6 +38,9 @@ from .receipts import receipt_apply
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
+# The token could not be checked (the database is down): retry later, like HTTP's 503. (RFC
+# 6455's 1013 "Try Again Later" is one a server library may not send: autobahn refuses it.)
+CLOSE_TRY_AGAIN_LATER = 4503
 # A client that goes on flooding after its `rate_limited` answers, as 4401 mirrors HTTP's 401.
 CLOSE_FLOODING = 4429
 # Refusals counted within this many seconds for closing a flooding connection.
@@ -89,7 +92,8 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         principal = self.scope.get("principal")
         if not isinstance(principal, self.principal_model):
             await self.accept()
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            unavailable = self.scope.get("auth_unavailable")
+            await self.close(code=CLOSE_TRY_AGAIN_LATER if unavailable else CLOSE_UNAUTHENTICATED)
             return
         self.principal = principal
         self.kind = principal.party_kind
@@ -320,6 +324,10 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         """Write ready-made frames: `status` receipts and `typing`."""
         for frame in event["frames"]:
             await self.send_json(frame)
+
+    async def session_close(self, event: dict) -> None:
+        """Close this connection: its user's credentials were revoked (erasure)."""
+        await self.close(code=event.get("code", CLOSE_UNAUTHENTICATED))
 
 
 # Frame type -> handler; `chat.send` and `typing` need the `chat` permission.

@@ -36,6 +36,9 @@ INSTALLED_APPS = [
     "apps.ops",
     "apps.media",
     "apps.devices",
+    "apps.audit",
+    "apps.privacy",
+    "apps.webhooks",
 ]
 
 MIDDLEWARE = [
@@ -48,6 +51,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "apps.audit.middleware.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -85,8 +89,28 @@ def with_connection_pool(database: dict) -> dict:
     database.setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=1),
         "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
-        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10),
+        # How long a request waits for a connection. Web threads never outnumber the pool, so
+        # this is only reached when the database is unreachable: the request then fails fast
+        # (503 with Retry-After, apps/ops/exceptions.py) instead of hanging.
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=1),
+        # The pool retries a lost database with a doubling delay for this long, then starts
+        # over with the next request: a database back after a long outage is used again within
+        # seconds, not after a backoff of minutes.
+        "reconnect_timeout": env.float("DATABASE_POOL_RECONNECT_TIMEOUT", default=5),
     }
+    return database
+
+
+def with_connect_timeout(database: dict) -> dict:
+    """Bound a PostgreSQL connection attempt (DATABASE_CONNECT_TIMEOUT seconds, libpq's own).
+
+    Without it, a database host that accepts and never answers (a blackholed network) holds a
+    connection attempt for the kernel's TCP timeout, minutes.
+    """
+    if database["ENGINE"] == "django.db.backends.postgresql":
+        database.setdefault("OPTIONS", {}).setdefault(
+            "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=2)
+        )
     return database
 
 
@@ -100,7 +124,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # between the web, worker and beat processes, and waits for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).update(transaction_mode="IMMEDIATE", timeout=20)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-DATABASES["default"] = with_connection_pool(DATABASES["default"])
+DATABASES["default"] = with_connect_timeout(with_connection_pool(DATABASES["default"]))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -151,6 +175,8 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.2,
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Webhook deliveries wait on other people's servers: their own queue (messaging_project/celery.py).
+CELERY_TASK_ROUTES = {"apps.webhooks.tasks.*": {"queue": "webhooks"}}
 # Celery's Django fixup closes every database connection before and after each task, and with
 # a connection pool it closes the whole pool: each task paid a new PostgreSQL connection (a
 # worker delivered 59 single-message tasks/s). It now does so only every this many tasks;
@@ -225,6 +251,8 @@ MESSAGING_EXPIRY_SWEEP_SECONDS = env.float("MESSAGING_EXPIRY_SWEEP_SECONDS", def
 MESSAGING_SWEEP_BATCH = env.int("MESSAGING_SWEEP_BATCH", default=1000)
 MESSAGING_CATCHUP_CHUNK = env.int("MESSAGING_CATCHUP_CHUNK", default=500)
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48)
+# Data protection (SPEC.md section 10): terminal messages older than this are purged daily.
+MESSAGING_RETENTION_DAYS = env.int("MESSAGING_RETENTION_DAYS", default=90)
 REALTIME_TICKET_TTL_SECONDS = 60
 # Each process remembers a token's owner (with its permissions) this long: revocation and
 # permission changes take up to this long to apply; 0 looks every token up on every request.
@@ -366,7 +394,27 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     StatusEnum="apps.messaging.models.Status",
     MediaStatusEnum="apps.media.models.MediaStatus",
     ConversationStatusEnum="apps.conversations.models.ConversationStatus",
+    WebhookEventTypeEnum="apps.webhooks.models.EventType",
+    WebhookOutcomeEnum="apps.webhooks.models.AttemptOutcome",
 )
+
+# --- Status webhooks (SPEC.md section 8; apps/webhooks) -------------------------------------
+# A 2xx within the timeout is success; failures retry from the base delay, doubling, capped at
+# an hour, up to the attempts limit. Private URLs (and plain http) only for local runs and tests.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10)
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=5)
+WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=3600)
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=12)
+WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=False)
+# How often beat wakes endpoints with due events (retries, lost wake-ups); events claimed per
+# round; the time slice a delivery task spends on one endpoint before requeueing itself; how
+# long a claimed event or a held lane waits for news from a worker (0: twice the timeout + 5 s).
+WEBHOOK_SWEEP_SECONDS = env.float("WEBHOOK_SWEEP_SECONDS", default=5)
+WEBHOOK_BATCH = env.int("WEBHOOK_BATCH", default=100)
+WEBHOOK_SLICE_SECONDS = env.float("WEBHOOK_SLICE_SECONDS", default=1)
+WEBHOOK_LEASE_SECONDS = env.float("WEBHOOK_LEASE_SECONDS", default=0)
+if WEBHOOK_MAX_ATTEMPTS < 1 or WEBHOOK_TIMEOUT_SECONDS <= 0:
+    raise environ.ImproperlyConfigured("WEBHOOK_MAX_ATTEMPTS must be >= 1 and WEBHOOK_TIMEOUT_SECONDS > 0")
 
 # --- Logging: JSON lines with the correlation id ------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
@@ -436,6 +484,18 @@ CELERY_BEAT_SCHEDULE = {
     "broadcasts": {
         "task": "apps.messaging.tasks.sweep_broadcasts",
         "schedule": BROADCAST_SWEEP_SECONDS,
+        "options": _SWEEP,
+    },
+    # Retention: purge terminal messages older than MESSAGING_RETENTION_DAYS, in chunks.
+    "retention": {
+        "task": "apps.privacy.tasks.purge_expired_messages",
+        "schedule": 24 * 3600,
+        "options": {"queue": "low", "expires": 12 * 3600},
+    },
+    # Webhooks: wake endpoints whose events are due (retries, wake-ups lost after a commit).
+    "webhooks": {
+        "task": "apps.webhooks.tasks.sweep_webhooks",
+        "schedule": WEBHOOK_SWEEP_SECONDS,
         "options": _SWEEP,
     },
     # Media: remove uploads unattached for 24 h, re-dispatch lost thumbnail work.

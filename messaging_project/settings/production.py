@@ -3,14 +3,14 @@
 from apps.common.multiproc import metrics_directory_use
 
 from .base import *  # noqa: F403
-from .base import env, with_connection_pool
+from .base import env, with_connect_timeout, with_connection_pool
 
 DEBUG = False
 SECRET_KEY = env("DJANGO_SECRET_KEY")
 DATABASES = {"default": env.db("DATABASE_URL")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-DATABASES["default"] = with_connection_pool(DATABASES["default"])
+DATABASES["default"] = with_connect_timeout(with_connection_pool(DATABASES["default"]))
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True

@@ -9,13 +9,15 @@ from apps.common.multiproc import ENV as METRICS_ENV
 from apps.common.multiproc import metrics_directory_use
 
 from .base import *  # noqa: F403
-from .base import env, with_connection_pool
+from .base import env, with_connect_timeout, with_connection_pool
 
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="test-only-insecure-key")
 DATABASES = {
     "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/messaging"),
 }
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # as in production: a pool checks what it hands out
+DATABASES["default"] = with_connect_timeout(DATABASES["default"])
 # Tests run without a pool unless asked (the benchmark asks: DATABASE_POOL=true).
 if env.bool("DATABASE_POOL", default=False):
     DATABASES["default"] = with_connection_pool(DATABASES["default"])
@@ -32,6 +34,8 @@ MESSAGING_RATE_LIMITS_ENABLED = env.bool("MESSAGING_RATE_LIMITS_ENABLED", defaul
 # Unit tests look at the broker right after a commit: a relay round runs in the committing
 # thread. The end-to-end tests' processes leave it to beat's relay, as production does.
 MESSAGING_RELAY_ON_COMMIT = env.bool("MESSAGING_RELAY_ON_COMMIT", default=True)
+# Test receivers listen on 127.0.0.1; tests/webhooks/test_addresses.py turns this off.
+WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=True)
 # Tests deactivate users and revoke tokens and expect it at once (tests/accounts turns it on).
 AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=0)
 

@@ -14,7 +14,7 @@ from django.urls import reverse
 
 from apps.devices.models import DeviceToken
 from apps.devices.services import push_send
-from apps.messaging import bulk, lifecycle, services, timeline
+from apps.messaging import lifecycle, services, timeline
 from apps.messaging.models import Message, Outcome, Status
 from tests.factories import MessageFactory, MobileUserFactory, SenderFactory
 
@@ -95,10 +95,10 @@ def broadcast(db, redis):
     """A broadcast to three users, expanded, one of its messages delivered and one failed."""
     sender = SenderFactory(permissions=["send_broadcast"])
     users = MobileUserFactory.create_batch(3)
-    made = bulk.broadcast_create(sender=sender, recipient_ids=[u.pk for u in users], content="Sale today")
+    made = services.broadcast_create(sender=sender, recipient_ids=[u.pk for u in users], content="Sale today")
     cursor = 0
     while cursor is not None:
-        cursor = bulk.broadcast_expand_chunk(broadcast_id=made.pk, after=cursor)
+        cursor = services.broadcast_expand_chunk(broadcast_id=made.pk, after=cursor)
     first, second, _ = Message.objects.filter(broadcast=made).order_by("recipient_id")
     services.messages_mark_sent([first.pk, second.pk])
     services.messages_acknowledge(recipient_id=first.recipient_id, message_ids=[first.pk])

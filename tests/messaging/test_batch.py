@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 
 from apps.accounts.models import MobileUser
-from apps.messaging import bulk, services
+from apps.messaging import services
 from apps.messaging.models import Message, Status
 from tests.concurrency import run_together
 from tests.factories import MobileUserFactory, SenderFactory
@@ -144,7 +144,7 @@ def test_batch_is_dispatched_after_commit_in_chunks_on_its_priority_lanes(
     ]
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        messages = bulk.messages_send_batch(sender=sender, items=items)
+        messages = services.messages_send_batch(sender=sender, items=items)
         # Nothing is enqueued while the transaction is open.
         assert redis.llen("default") == redis.llen("high") == redis.llen("low") == 0
     for callback in callbacks:
@@ -174,7 +174,7 @@ def test_batches_and_single_sends_racing_on_the_same_recipients_keep_seqs_gaples
                 # taken in id order, or two batches would deadlock.
                 order = recipients[index % 3 :] + recipients[: index % 3]
                 items = [_item(r, f"b{index}-{i}") for r in order + order[:1]]
-                stored = bulk.messages_send_batch(sender=sender, items=items)
+                stored = services.messages_send_batch(sender=sender, items=items)
             else:
                 r = recipients[(index + i) % 3]
                 stored = [

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from apps.accounts.models import MobileUser
-from apps.messaging import bulk
+from apps.messaging import services
 from apps.messaging.models import Broadcast, BroadcastStatus, Message, Status
 from tests.factories import MobileUserFactory, SenderFactory
 from tests.messaging.test_send import UNKNOWN_PHONE, queued_tasks
@@ -40,7 +40,7 @@ def expand_all(*, broadcast_id) -> int:
     chunks = 0
     cursor = Broadcast.objects.values_list("expanded_through", flat=True).get(pk=broadcast_id)
     while cursor is not None:
-        cursor = bulk.broadcast_expand_chunk(broadcast_id=broadcast_id, after=cursor)
+        cursor = services.broadcast_expand_chunk(broadcast_id=broadcast_id, after=cursor)
         chunks += 1
     return chunks
 
@@ -71,7 +71,7 @@ def test_broadcast_to_five_thousand_users_creates_and_dispatches_exactly_one_mes
     inactive = users[17]
     MobileUser.objects.filter(pk=inactive.pk).update(is_active=False)
     with django_capture_on_commit_callbacks(execute=True):
-        broadcast = bulk.broadcast_create(
+        broadcast = services.broadcast_create(
             sender=broadcaster, recipient_ids=None, content="sale", priority="low"
         )
     assert broadcast.total == 4999
@@ -108,15 +108,17 @@ def test_broadcast_to_five_thousand_users_creates_and_dispatches_exactly_one_mes
 def test_a_duplicated_or_stale_chunk_task_creates_nothing(broadcaster, redis, settings):
     settings.MESSAGING_BROADCAST_CHUNK = 2
     users = _users(5)
-    broadcast = bulk.broadcast_create(sender=broadcaster, recipient_ids=[u.pk for u in users], content="x")
+    broadcast = services.broadcast_create(
+        sender=broadcaster, recipient_ids=[u.pk for u in users], content="x"
+    )
 
-    assert bulk.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=0) == users[1].pk
+    assert services.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=0) == users[1].pk
     # The same task delivered twice: its range is taken, nothing more is created.
-    assert bulk.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=0) is None
+    assert services.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=0) is None
     assert Message.objects.count() == 2
-    assert bulk.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=users[1].pk) == users[3].pk
-    assert bulk.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=users[3].pk) is None
-    assert bulk.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=users[3].pk) is None
+    assert services.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=users[1].pk) == users[3].pk
+    assert services.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=users[3].pk) is None
+    assert services.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=users[3].pk) is None
 
     assert Message.objects.count() == 5
     broadcast.refresh_from_db()
@@ -127,7 +129,7 @@ def test_broadcast_seqs_continue_each_recipients_sequence(broadcaster, mobile_us
     from apps.messaging import services
 
     services.message_send(sender=broadcaster, recipient_phone_number=mobile_user.phone_number, content="1")
-    broadcast = bulk.broadcast_create(
+    broadcast = services.broadcast_create(
         sender=broadcaster, recipient_ids=[mobile_user.pk, stranger.pk], content="b"
     )
 
@@ -139,12 +141,14 @@ def test_broadcast_seqs_continue_each_recipients_sequence(broadcaster, mobile_us
 
 def test_sweep_restarts_a_stalled_expansion_from_its_cursor(broadcaster, redis):
     users = _users(3)
-    broadcast = bulk.broadcast_create(sender=broadcaster, recipient_ids=[u.pk for u in users], content="x")
+    broadcast = services.broadcast_create(
+        sender=broadcaster, recipient_ids=[u.pk for u in users], content="x"
+    )
     Broadcast.objects.filter(pk=broadcast.pk).update(
-        updated_at=broadcast.created_at - bulk.BROADCAST_STALL, expanded_through=users[0].pk
+        updated_at=broadcast.created_at - services.BROADCAST_STALL, expanded_through=users[0].pk
     )
 
-    assert bulk.sweep_broadcasts() == 1
+    assert services.sweep_broadcasts() == 1
 
     assert [args for name, args in queued_tasks(redis, "default") if name == EXPAND_TASK] == [
         [str(broadcast.pk), users[0].pk]
@@ -203,7 +207,7 @@ def test_broadcast_progress_is_hidden_from_other_senders(broadcaster, broadcaste
     other = SenderFactory(permissions=["send_broadcast"])
     from tests.conftest import client_for
 
-    broadcast = bulk.broadcast_create(sender=broadcaster, recipient_ids=[], content="x")
+    broadcast = services.broadcast_create(sender=broadcaster, recipient_ids=[], content="x")
 
     assert client_for(other).get(f"{URL}{broadcast.pk}/").status_code == 404
     assert broadcaster_client.get(f"{URL}not-a-uuid/").status_code == 404

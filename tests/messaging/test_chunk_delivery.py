@@ -16,8 +16,9 @@ from apps.accounts.models import PartyKind
 from apps.common import breaker as breakers
 from apps.common.breaker import CircuitOpen
 from apps.conversations.services import conversation_message_send
-from apps.messaging import bulk, services
+from apps.messaging import lifecycle, services
 from apps.messaging.models import DeliveryAttempt, Message, Outcome, Status
+from apps.messaging.services import chunks
 from tests.factories import ConversationFactory, MobileUserFactory
 from tests.messaging.test_delivery import _connect, _delivered_ids, _receive
 from tests.sockets import event_payloads, socket_open
@@ -32,7 +33,7 @@ def _fresh_breakers(redis):
 
 def _batch(sender, recipients_and_contents) -> list[Message]:
     items = [{"recipient_phone_number": r.phone_number, "content": c} for r, c in recipients_and_contents]
-    return bulk.messages_send_batch(sender=sender, items=items)
+    return services.messages_send_batch(sender=sender, items=items)
 
 
 def _ids(messages) -> list[str]:
@@ -51,7 +52,7 @@ def test_chunk_sends_each_online_recipient_one_event_in_seq_order_and_holds_offl
     channel = _connect(mobile_user.pk)
     messages = _batch(sender, [(mobile_user, "a"), (stranger, "b"), (mobile_user, "c")])
 
-    report = bulk.messages_deliver_chunk(message_ids=_ids(messages))
+    report = services.messages_deliver_chunk(message_ids=_ids(messages))
 
     assert (report.sent, report.offline, report.failed) == (2, 1, 0)
     event = _receive(channel)
@@ -77,7 +78,7 @@ def test_chunk_delivers_chat_to_online_business_users_and_holds_offline_ones_wit
     sender, other_sender, redis, monkeypatch, django_capture_on_commit_callbacks
 ):
     pushes: list[int] = []
-    monkeypatch.setattr(bulk, "push_schedule", lambda *, recipient_id: pushes.append(recipient_id))
+    monkeypatch.setattr(chunks, "push_schedule", lambda *, recipient_id: pushes.append(recipient_id))
     desk = _connect_business(sender.pk)
     mobile = MobileUserFactory()
     to_online = ConversationFactory(business=sender, mobile=mobile)
@@ -88,7 +89,7 @@ def test_chunk_delivers_chat_to_online_business_users_and_holds_offline_ones_wit
     ]
 
     with django_capture_on_commit_callbacks(execute=True):
-        report = bulk.messages_deliver_chunk(message_ids=_ids(messages))
+        report = services.messages_deliver_chunk(message_ids=_ids(messages))
 
     assert (report.sent, report.offline, report.failed) == (2, 1, 0)
     event = _receive(desk)
@@ -103,10 +104,10 @@ def test_chunk_delivers_chat_to_online_business_users_and_holds_offline_ones_wit
 def test_rerunning_a_chunk_sends_nothing_twice(sender, mobile_user, stranger, redis):
     channel = _connect(mobile_user.pk)
     messages = _batch(sender, [(mobile_user, "a"), (stranger, "b")])
-    bulk.messages_deliver_chunk(message_ids=_ids(messages))
+    services.messages_deliver_chunk(message_ids=_ids(messages))
     assert _receive(channel) is not None
 
-    report = bulk.messages_deliver_chunk(message_ids=_ids(messages))
+    report = services.messages_deliver_chunk(message_ids=_ids(messages))
 
     assert report.sent == 0
     assert _receive(channel, timeout=0.3) is None
@@ -120,13 +121,13 @@ def test_chunk_fails_expired_messages_and_skips_pending_ones_not_yet_due(sender,
         sender, [(mobile_user, "old"), (mobile_user, "later"), (mobile_user, "now")]
     )
     Message.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    services.lifecycle.transition(
+    lifecycle.transition(
         Message.objects.filter(pk=later.pk),
         to=Status.PENDING,
         next_attempt_at=timezone.now() + timedelta(hours=1),
     )
 
-    report = bulk.messages_deliver_chunk(message_ids=_ids([expired, later, now_due]))
+    report = services.messages_deliver_chunk(message_ids=_ids([expired, later, now_due]))
 
     assert (report.sent, report.failed, report.not_due) == (1, 1, 1)
     assert _delivered_ids(_receive(channel)) == [str(now_due.pk)]
@@ -142,7 +143,7 @@ def test_open_channel_layer_breaker_keeps_messages_pending_without_calling_the_l
     messages = _batch(sender, [(mobile_user, "a"), (mobile_user, "b")])
 
     with pytest.raises(CircuitOpen):
-        bulk.messages_deliver_chunk(message_ids=_ids(messages))
+        services.messages_deliver_chunk(message_ids=_ids(messages))
 
     assert _statuses(messages) == [Status.PENDING, Status.PENDING]
     assert _receive(channel, timeout=0.3) is None

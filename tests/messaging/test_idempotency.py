@@ -15,6 +15,7 @@ from apps.accounts.models import MobileUser
 from apps.messaging import services
 from apps.messaging.errors import IdempotencyKeyInFlight, IdempotencyKeyMismatch, RecipientNotFound
 from apps.messaging.models import IdempotencyKey, Message
+from apps.messaging.services.idempotency import IDEMPOTENCY_LEASE
 from tests.messaging.test_send import UNKNOWN_PHONE
 
 
@@ -86,7 +87,7 @@ def test_key_claimed_by_a_request_in_flight_is_refused(sender, mobile_user):
 
 def test_key_whose_claim_outlived_the_lease_is_taken_over(sender, mobile_user):
     body = _body(mobile_user)
-    claim = _claim(sender, "k1", body, age=services.IDEMPOTENCY_LEASE + timedelta(seconds=1))
+    claim = _claim(sender, "k1", body, age=IDEMPOTENCY_LEASE + timedelta(seconds=1))
     before = timezone.now()
 
     message, created = _send(sender, "k1", body)

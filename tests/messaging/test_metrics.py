@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apps.messaging import bulk, services
+from apps.messaging import services
 from apps.messaging.models import Message
 from tests.factories import MobileUserFactory
 from tests.ops.test_metrics import scrape, value
@@ -21,7 +21,7 @@ def _send(sender, recipient, **kwargs) -> Message:
 def test_sends_acks_reads_and_failures_are_counted_once_each(anonymous_client, sender, mobile_user, redis):
     before = scrape(anonymous_client)
     messages = [_send(sender, mobile_user) for _ in range(3)] + [_send(sender, mobile_user, priority="high")]
-    bulk.messages_send_batch(
+    services.messages_send_batch(
         sender=sender,
         items=[
             {"recipient_phone_number": u.phone_number, "content": "b"}

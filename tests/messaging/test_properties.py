@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from apps.messaging import bulk, relay, services
+from apps.messaging import relay, services
 from apps.messaging.models import DeadLetter, Message, Status
 from tests.factories import MessageFactory
 
@@ -108,7 +108,7 @@ def _apply(
         relay.relay_round()
         return
     if op == "chunk":
-        bulk.messages_deliver_chunk(message_ids=[str(m.pk) for m in messages])
+        services.messages_deliver_chunk(message_ids=[str(m.pk) for m in messages])
         return
     if op in ("ack_all", "read_all"):
         ids = [str(m.pk) for m in messages] + [str(stranger_message_id)]

@@ -19,9 +19,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from apps.devices.services import push_window_close
-from apps.messaging import bulk, relay, schedule, services
+from apps.messaging import relay, services
 from apps.messaging.errors import MessageNotCancelable
 from apps.messaging.models import Broadcast, Message, Status
+from apps.messaging.services import schedule
 from tests.concurrency import run_together
 from tests.factories import MessageFactory, MobileUserFactory
 from tests.messaging.test_send import dispatched_ids
@@ -145,11 +146,11 @@ def test_a_batch_item_with_a_bad_send_at_is_named_by_index(sender_client, mobile
 
 def test_a_scheduled_broadcast_expands_into_scheduled_messages(sender, mobile_user, stranger):
     send_at = timezone.now() + timedelta(minutes=1)
-    broadcast = bulk.broadcast_create(
+    broadcast = services.broadcast_create(
         sender=sender, recipient_ids=[mobile_user.pk, stranger.pk], content="all", send_at=send_at
     )
 
-    assert bulk.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=0) is None
+    assert services.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=0) is None
 
     rows = list(Message.objects.filter(broadcast=broadcast).values_list("status", "seq", "send_at"))
     assert rows == [(Status.SCHEDULED, None, send_at)] * 2
@@ -271,7 +272,7 @@ def test_a_canceled_message_is_never_written_to_a_socket(sender, mobile_user, re
     schedule.message_cancel(sender=sender, message_id=message.pk)
 
     # Whatever still holds its id (a chunk task, a retry, a catch-up) finds it canceled.
-    report = bulk.messages_deliver_chunk(message_ids=[str(message.pk)])
+    report = services.messages_deliver_chunk(message_ids=[str(message.pk)])
     assert report.sent == 0
     assert services.message_deliver(message_id=message.pk) == "skipped"
     assert services.messages_mark_sent([message.pk]) == set()
@@ -406,7 +407,7 @@ def _real_step(sender, recipient, messages: list[Message], op: str, index: int |
         Message.objects.filter(pk__in=ids, status=SC).update(next_attempt_at=timezone.now())
         schedule.scheduled_promote_due()
     elif op == "chunk":
-        bulk.messages_deliver_chunk(message_ids=[str(pk) for pk in ids])
+        services.messages_deliver_chunk(message_ids=[str(pk) for pk in ids])
     elif op == "ack_timeout_sweep":
         services.sweep_ack_timeouts()
     elif op == "release_unacked":

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import inspect
 
+import httpcore
+import httpx
 import kombu
 from kombu.transport import redis as redis_transport
 
+from apps.webhooks import client
 from messaging_project import celery
 
 
@@ -21,3 +24,21 @@ def test_the_kombu_patch_is_installed_and_wraps_the_original():
     original = inspect.signature(patched).parameters["_restore"].default
     assert original.__qualname__ == "QoS.restore_unacked"
     assert list(inspect.signature(original).parameters) == ["self", "client"]
+
+
+def test_the_webhook_client_patch_targets_the_installed_httpx_and_httpcore():
+    # apps/webhooks/client.py sets HTTPTransport._pool to a pool with the guarded backend.
+    assert httpx.__version__.startswith(client.HTTPX_TESTED), (httpx.__version__, client.HTTPX_TESTED)
+    assert httpcore.__version__.startswith(client.HTTPCORE_TESTED), httpcore.__version__
+    transport = httpx.HTTPTransport()
+    assert isinstance(transport._pool, httpcore.ConnectionPool)  # what the patch replaces
+    assert "network_backend" in inspect.signature(httpcore.ConnectionPool).parameters
+
+
+def test_the_webhook_client_connects_through_the_address_guard():
+    client.client_reset()
+    try:
+        pool = client.client()._transport._pool
+        assert isinstance(pool._network_backend, client._GuardedBackend)
+    finally:
+        client.client_reset()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from apps.messaging import schedule, services
+from apps.messaging import services
 from apps.messaging.models import Message, Status
+from apps.messaging.services import schedule
 
 from .conftest import QUIET, async_test, db, mobile_socket, receive, receive_messages, round_trip
 

@@ -28,6 +28,7 @@ import pytest
 from django.apps import apps as django_apps
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 from PIL import Image
 from rest_framework.test import APIClient
 
@@ -36,8 +37,10 @@ from apps.accounts.services import token_create
 from apps.conversations.services import conversation_message_send
 from apps.devices.services import device_register
 from apps.media.services import media_upload
-from apps.messaging import bulk, services
+from apps.messaging import services
 from apps.messaging.models import DeadLetter, Message
+from apps.webhooks.models import WebhookDelivery, WebhookEvent
+from apps.webhooks.services import endpoint_create
 from tests.factories import ConversationFactory, MobileUserFactory, SenderFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,6 +62,9 @@ EXEMPT: dict[str, str] = {
     "devices/": "list filtered by owner (test_lists...); POST registers the caller's own device",
     "mobile/me/preferences/": "the caller's own preferences; names no object",
     "realtime/tickets/": "issues a ticket for the caller itself",
+    "webhooks/": "list filtered by owner (test_lists...); POST registers the caller's own endpoint",
+    "mobile/me/": "the caller itself (export, erasure); names no other party",
+    "mobile/me/export/": "the caller's own data only; names no other party",
 }
 
 # Request bodies for the writes that validate a body before looking the object up: with a
@@ -66,6 +72,7 @@ EXEMPT: dict[str, str] = {
 BODIES: dict[tuple[str, str], dict] = {
     ("conversations/<str:conversation_id>/messages/", "post"): {"content": "hijack"},
     ("devices/<int:device_id>/", "patch"): {"is_active": False},
+    ("webhooks/<int:endpoint_id>/", "patch"): {"is_active": False, "events": ["message.read"]},
 }
 
 
@@ -86,10 +93,11 @@ class World:
     device_id: int
     dead_letter_id: int
     broadcast_id: uuid.UUID
+    endpoint_id: int
+    delivery_id: int
 
 
-# URL kwarg -> the owners' objects it can name, as (label, value). Add webhook_id and
-# delivery_id here when the webhooks app is merged.
+# URL kwarg -> the owners' objects it can name, as (label, value): add one for a new kind.
 OBJECT_FACTORIES: dict[str, Callable[[World], list[tuple[str, object]]]] = {
     "message_id": lambda w: [
         ("one-way A->M", w.one_way.pk),
@@ -101,6 +109,8 @@ OBJECT_FACTORIES: dict[str, Callable[[World], list[tuple[str, object]]]] = {
     "device_id": lambda w: [("device of M", w.device_id)],
     "dead_letter_id": lambda w: [("dead letter of A", w.dead_letter_id)],
     "broadcast_id": lambda w: [("broadcast of A", w.broadcast_id)],
+    "endpoint_id": lambda w: [("webhook endpoint of A", w.endpoint_id)],
+    "delivery_id": lambda w: [("webhook delivery of A", w.delivery_id)],
 }
 
 # An id of the same shape that names nothing: the answer for another's object must match it.
@@ -111,6 +121,8 @@ MISSING_IDS: dict[str, object] = {
     "device_id": 2_000_000_000,
     "dead_letter_id": 2_000_000_000,
     "broadcast_id": uuid.UUID(int=1),
+    "endpoint_id": 2_000_000_000,
+    "delivery_id": 2_000_000_000,
 }
 
 
@@ -196,7 +208,10 @@ def world(settings, tmp_path, redis) -> World:
     services.messages_fail(Message.objects.filter(pk=failed.pk), reason="test")
     device, _ = device_register(mobile_user=m, token="m-device-token", platform="android")
     device_register(mobile_user=n, token="n-device-token", platform="ios")
-    broadcast = bulk.broadcast_create(sender=a, recipient_ids=[m.pk], content="to all of A's")
+    broadcast = services.broadcast_create(sender=a, recipient_ids=[m.pk], content="to all of A's")
+    # Last, so that the messages above record no webhook events of their own.
+    endpoint, delivery_id = _webhook_with_a_delivery(a)
+    _webhook_with_a_delivery(b)
     return World(
         a=a,
         b=b,
@@ -211,7 +226,23 @@ def world(settings, tmp_path, redis) -> World:
         device_id=device.pk,
         dead_letter_id=DeadLetter.objects.get(message=failed).pk,
         broadcast_id=broadcast.pk,
+        endpoint_id=endpoint.pk,
+        delivery_id=delivery_id,
     )
+
+
+def _webhook_with_a_delivery(owner: User):
+    endpoint = endpoint_create(
+        owner=owner, url=f"https://hooks.example.com/{owner.pk}", events=["message.sent"]
+    )
+    now = timezone.now()
+    event = WebhookEvent.objects.create(
+        endpoint=endpoint, type="message.sent", payload={}, created_at=now, status="given_up"
+    )
+    delivery = WebhookDelivery.objects.create(
+        event=event, endpoint=endpoint, attempt=1, outcome="gave_up", at=now
+    )
+    return endpoint, delivery.pk
 
 
 def _conversation_of(a: User, m: MobileUser):
@@ -350,6 +381,9 @@ def test_lists_never_show_another_owners_objects(world):
             other, "/api/v1/conversations/"
         )
     assert _ids(n, "/api/v1/devices/") and device not in _ids(n, "/api/v1/devices/")
+    endpoint = str(world.endpoint_id)
+    assert endpoint in _ids(a, "/api/v1/webhooks/")
+    assert _ids(b, "/api/v1/webhooks/") and endpoint not in _ids(b, "/api/v1/webhooks/")
 
 
 def test_bulk_requeue_of_another_senders_dead_letter_is_404(world):

@@ -28,11 +28,11 @@ from django.utils import timezone
 from apps.accounts.models import User
 from apps.common import bridge
 
-from . import lifecycle
-from .errors import MessageNotCancelable, MessageNotFound
-from .models import Message, Status
-from .relay import relay_notify
-from .selectors import inbox
+from .. import lifecycle
+from ..errors import MessageNotCancelable, MessageNotFound
+from ..models import Message, Status
+from ..relay import relay_notify
+from ..selectors import inbox
 from .seqs import seqs_take
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,235 @@
+"""Delivering: a message, a recipient's backlog, a reconnecting socket's catch-up.
+
+Each marks the messages `sent` (with an ack deadline and an attempt) before their frames are
+written, so the device's ack, however fast, finds them `sent`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.accounts import presence
+from apps.accounts.models import PartyKind
+from apps.common import bridge
+from apps.common.logging import get_correlation_id
+from apps.devices.services import push_schedule
+
+from .. import lifecycle, outgoing
+from ..models import (
+    Message,
+    Outcome,
+    Status,
+)
+from ..outgoing import Outgoing
+from ..selectors import (
+    has_earlier_undelivered,
+    undelivered_for_recipient,
+    with_parties,
+)
+from . import schedule
+from .attempts import attempts_close_open, attempts_record
+from .failures import messages_fail
+from .policy import DUE_TOLERANCE, ack_deadline, strict_ordering
+
+logger = logging.getLogger(__name__)
+
+
+def message_deliver(*, message_id: str | uuid.UUID) -> str:
+    """Try to deliver one message now; return what happened (for logs and tests)."""
+    message = (
+        with_parties(Message.objects.filter(pk=message_id))
+        .select_related("recipient", "recipient_business")
+        .first()
+    )
+    if message is None or message.status not in (Status.QUEUED, Status.PENDING):
+        return "skipped"
+    now = timezone.now()
+    if message.expires_at and message.expires_at <= now:
+        messages_fail(Message.objects.filter(pk=message.pk), reason="expired")
+        return "expired"
+    kind, recipient_id = message.recipient_party
+    if not (message.recipient or message.recipient_business).is_active:
+        # Permanent: retrying cannot help, so it goes to the dead letters at once.
+        messages_fail(Message.objects.filter(pk=message.pk), reason="recipient deactivated")
+        return "failed"
+    if (
+        message.status == Status.PENDING
+        and message.next_attempt_at
+        and message.next_attempt_at > now + DUE_TOLERANCE
+    ):
+        return "not_due"
+    if strict_ordering() and has_earlier_undelivered(message=message):
+        # Due as soon as the earlier one is acked, which enqueues the recipient's backlog.
+        lifecycle.transition(
+            Message.objects.filter(pk=message.pk, status=Status.QUEUED),
+            to=Status.PENDING,
+            next_attempt_at=None,
+        )
+        return "held"
+    if not presence.is_online(recipient_id, kind):
+        with transaction.atomic():
+            moved = lifecycle.transition(
+                Message.objects.filter(pk=message.pk, status=Status.QUEUED),
+                to=Status.PENDING,
+                next_attempt_at=None,
+            )
+            if moved:
+                attempts_record([message.pk], Outcome.OFFLINE, now=now, error="recipient offline")
+                if kind == PartyKind.MOBILE:  # business users have no devices to wake
+                    transaction.on_commit(lambda: push_schedule(recipient_id=recipient_id))
+        return "offline"
+    messages_write(outgoing.outgoing(outgoing.rows(Message.objects.filter(pk=message.pk))))
+    return "sent"
+
+
+def recipient_deliver_backlog(*, recipient_id: int, kind: str = PartyKind.MOBILE) -> int:
+    """Write the recipient's due `pending` messages to its connections, in seq order.
+
+    In strict mode only the first undelivered message goes, and only when nothing is in flight.
+    Return how many were written.
+    """
+    if not presence.is_online(recipient_id, kind):
+        return 0
+    now = timezone.now()
+    undelivered = undelivered_for_recipient(recipient_id=recipient_id, kind=kind)
+    if strict_ordering():
+        first = next(iter(outgoing.rows(undelivered[:1])), None)
+        if first is None or first.status == Status.SENT:
+            return 0
+        if first.status == Status.PENDING and first.next_attempt_at and first.next_attempt_at > now:
+            return 0
+        batch = [first]
+    else:
+        batch = [
+            m
+            for m in outgoing.rows(
+                undelivered.filter(status=Status.PENDING)[: settings.MESSAGING_CATCHUP_CHUNK]
+            )
+            if m.next_attempt_at is None or m.next_attempt_at <= now
+        ]
+    if batch:
+        messages_write(outgoing.outgoing(batch))
+    return len(batch)
+
+
+def messages_write(messages: list[Outgoing]) -> int:
+    """Mark `messages` sent in one update, then send one event per recipient; return how many.
+
+    The bookkeeping comes first so that the device's ack, however fast, always finds the
+    message `sent` with its attempt recorded. If the channel layer is unreachable, the messages
+    not yet written go back to `pending` and the error propagates, so the caller's task retries.
+    """
+    if not messages:
+        return 0
+    moved = messages_mark_sent([m.pk for m in messages])
+    by_group: dict[str, list[Outgoing]] = defaultdict(list)
+    for m in messages:
+        if m.pk in moved:
+            by_group[m.group].append(m)
+    correlation_id = get_correlation_id()
+    groups = list(by_group)
+    events = [
+        (
+            group,
+            {
+                "type": "deliver.messages",
+                # Encoded once (outgoing.encode_frame): each socket writes the text as it is.
+                "messages": [{"id": str(m.pk), "frame": m.frame} for m in by_group[group]],
+                "correlation_id": correlation_id,
+            },
+        )
+        for group in groups
+    ]
+    unsent: list[uuid.UUID] = []
+    error: BaseException | None = None
+    try:
+        outcomes = bridge.group_send_many(events)
+    except Exception as exc:  # noqa: BLE001 - re-raised below, after the bookkeeping
+        error, outcomes = exc, [exc] * len(groups)
+    for group, outcome in zip(groups, outcomes, strict=True):
+        if outcome is not None:
+            error = error or outcome
+            unsent += [m.pk for m in by_group[group]]
+    if error is not None:
+        with transaction.atomic():
+            back = lifecycle.transition(
+                Message.objects.filter(pk__in=unsent, status=Status.SENT),
+                to=Status.PENDING,
+                reason="channel layer unavailable",
+                next_attempt_at=None,
+            )
+            attempts_close_open([m.id for m in back], Outcome.ERROR, error=f"channel layer: {error!r}"[:500])
+        raise error
+    return len(moved)
+
+
+def messages_mark_sent(message_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Move the messages to `sent` with a fresh ack deadline; record the attempts."""
+    now = timezone.now()
+    with transaction.atomic():
+        moved = lifecycle.transition(
+            Message.objects.filter(pk__in=message_ids),
+            to=Status.SENT,
+            now=now,
+            next_attempt_at=ack_deadline(now),
+        )
+        ids = {m.id for m in moved}
+        attempts_record(ids, Outcome.SENT, now=now)
+    return ids
+
+
+def catchup_chunk(
+    *, recipient_id: int, after_seq: int, limit: int, kind: str = PartyKind.MOBILE
+) -> tuple[list[Outgoing], int | None]:
+    """Claim the next chunk of the recipient's undelivered messages for a (re)connected socket.
+
+    Return their encoded frames in seq order, with a `skip` frame for each canceled seq among
+    them (schedule.skips_for_catchup), and the last seq looked at (None when done). The
+    messages are marked `sent` before the caller writes them: a write that fails is caught by
+    the ack timeout like any other lost frame.
+    """
+    if strict_ordering():
+        if after_seq:
+            return [], None
+        limit = 1
+    batch = outgoing.rows(
+        undelivered_for_recipient(recipient_id=recipient_id, after_seq=after_seq, kind=kind)[:limit]
+    )
+    # The last chunk (short) explains every canceled seq after it; a full one, those it spans.
+    through = batch[-1].seq if len(batch) == limit else None
+    skips = schedule.skips_for_catchup(
+        recipient_id=recipient_id, kind=kind, after_seq=after_seq, through_seq=through
+    )
+    if not batch and not skips:
+        return [], None
+    moved = messages_mark_sent([m.pk for m in batch])
+    frames = outgoing.outgoing([m for m in batch if m.pk in moved])
+    if skips:
+        sent_seqs = [m.seq for m in batch if m.pk in moved]
+        frames = _with_skips(frames, sent_seqs, skips, bridge.party_group(kind, recipient_id))
+    # A short chunk was the last one: nothing is left to look at.
+    return frames, (batch[-1].seq if through is not None else None)
+
+
+def _with_skips(frames: list[Outgoing], seqs: list[int], skips: list[int], group: str) -> list[Outgoing]:
+    """Merge `skip` frames for the canceled `skips` into `frames` (of `seqs`), in seq order."""
+    items = [(seq, frame) for seq, frame in zip(seqs, frames, strict=True)]
+    items += [(seq, Outgoing(None, group, schedule.skip_frame_text(seq))) for seq in skips]
+    return [frame for _, frame in sorted(items, key=lambda item: item[0])]
+
+
+def backlog_enqueue(recipient_id: int, kind: str = PartyKind.MOBILE) -> None:
+    from ..tasks import deliver_backlog
+
+    try:
+        deliver_backlog.delay(recipient_id, kind)
+    except Exception as exc:  # noqa: BLE001 - the pending sweep will get to it
+        logger.warning(
+            "message.backlog_dispatch_failed", extra={"recipient_id": recipient_id, "error": repr(exc)}
+        )

@@ -1,0 +1,126 @@
+"""Failure: unacked messages released, messages failed and dead-lettered, dead letters requeued."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from apps.accounts.models import PartyKind
+from apps.devices.services import push_schedule
+
+from .. import lifecycle
+from ..models import (
+    DeadLetter,
+    Message,
+    Outcome,
+    Status,
+)
+from ..relay import relay_notify
+from .attempts import attempts_close_open
+
+logger = logging.getLogger(__name__)
+
+
+def messages_release_unacked(
+    *, recipient_ids: Iterable[int], reason: str, kind: str = PartyKind.MOBILE
+) -> list[uuid.UUID]:
+    """Move recipients' `sent` messages back to `pending` (their connections are gone).
+
+    The recipients are offline now, so each mobile one with a released message gets a wake-up push.
+    """
+    field = "recipient_business_id__in" if kind == PartyKind.BUSINESS else "recipient_id__in"
+    with transaction.atomic():
+        moved = lifecycle.transition(
+            Message.objects.filter(**{field: list(recipient_ids)}, status=Status.SENT),
+            to=Status.PENDING,
+            reason=reason,
+            next_attempt_at=None,
+        )
+        ids = [m.id for m in moved]
+        if ids:
+            attempts_close_open(ids, Outcome.OFFLINE, error=reason)
+        if ids and kind == PartyKind.MOBILE:
+            released_to = set(Message.objects.filter(pk__in=ids).values_list("recipient_id", flat=True))
+            for recipient_id in released_to:
+                transaction.on_commit(lambda rid=recipient_id: push_schedule(recipient_id=rid))
+    return ids
+
+
+def messages_fail(
+    messages: QuerySet[Message], *, reason: str, attempt_outcome: str = Outcome.ERROR, **changes
+) -> list[uuid.UUID]:
+    """Fail the messages that may still fail and give each a dead-letter row.
+
+    Attempts still waiting for an ack are closed with `attempt_outcome`.
+    """
+    with transaction.atomic():
+        moved = lifecycle.transition(messages, to=Status.FAILED, reason=reason, **changes)
+        ids = [m.id for m in moved]
+        if not ids:
+            return []
+        attempts_close_open(ids, attempt_outcome, error=reason)
+        failed = Message.objects.filter(pk__in=ids).select_related("recipient", "recipient_business")
+        DeadLetter.objects.bulk_create(
+            [DeadLetter(message=m, reason=reason[:500], payload=_snapshot(m)) for m in failed],
+            ignore_conflicts=True,
+        )
+    for pk in ids:
+        logger.warning("message.dead_lettered", extra={"message_id": str(pk), "reason": reason})
+    return ids
+
+
+def _snapshot(message: Message) -> dict:
+    return {
+        "id": str(message.pk),
+        "kind": message.kind,
+        "conversation_id": str(message.conversation_id) if message.conversation_id else None,
+        "recipient_phone_number": message.recipient.phone_number if message.recipient else None,
+        "recipient_business": message.recipient_business.username if message.recipient_business else None,
+        "seq": message.seq,
+        "subject": message.subject,
+        "content": message.content,
+        "content_type": message.content_type,
+        "priority": message.priority,
+        "ttl_seconds": message.ttl_seconds,
+        "retry_count": message.retry_count,
+        "created_at": message.created_at.isoformat(),
+        "correlation_id": message.correlation_id,
+    }
+
+
+def dead_letters_requeue(*, dead_letters: QuerySet[DeadLetter]) -> list[uuid.UUID]:
+    """Requeue the dead letters' messages: retries reset, status `queued`, the relay woken on commit."""
+    now = timezone.now()
+    with transaction.atomic():
+        message_ids = list(dead_letters.values_list("message_id", flat=True))
+        requeued: list[uuid.UUID] = []
+        # Group by TTL so an expired message gets a fresh expiry from now.
+        by_ttl: dict[int | None, list[uuid.UUID]] = defaultdict(list)
+        for pk, ttl in Message.objects.filter(pk__in=message_ids).values_list("pk", "ttl_seconds"):
+            by_ttl[ttl].append(pk)
+        for ttl, ids in by_ttl.items():
+            moved = lifecycle.transition(
+                Message.objects.filter(pk__in=ids),
+                to=Status.QUEUED,
+                now=now,
+                reason="requeued",
+                next_attempt_at=now,  # due for the relay at once
+                expires_at=now + timedelta(seconds=ttl) if ttl else None,
+            )
+            requeued += [m.id for m in moved]
+        DeadLetter.objects.filter(message_id__in=requeued).delete()
+        if requeued:
+            relay_notify()
+    return requeued
+
+
+def dead_letter_delete(*, dead_letter: DeadLetter) -> None:
+    """Remove a dead letter; its message stays `failed` with its history."""
+    dead_letter.delete()

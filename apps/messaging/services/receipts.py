@@ -1,0 +1,91 @@
+"""Receipts from the devices: acks and reads, many recipients' in one transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import Q
+
+from apps.accounts.models import PartyKind
+
+from .. import lifecycle
+from ..models import (
+    Message,
+    Outcome,
+    Status,
+)
+from ..selectors import (
+    inbox,
+    parse_uuid,
+)
+from .attempts import attempts_close_open
+from .deliver import backlog_enqueue
+from .policy import strict_ordering
+
+
+def messages_acknowledge(
+    *, recipient_id: int, message_ids: Iterable[object], kind: str = PartyKind.MOBILE
+) -> list[uuid.UUID]:
+    """Mark the recipient's messages delivered; ids that are not its own are ignored."""
+    return receipts_apply([Receipt(kind, recipient_id, Status.DELIVERED, list(message_ids))])
+
+
+def messages_mark_read(
+    *, recipient_id: int, message_ids: Iterable[object], kind: str = PartyKind.MOBILE
+) -> list[uuid.UUID]:
+    """Mark the recipient's messages read (and delivered, if the ack was lost)."""
+    return receipts_apply([Receipt(kind, recipient_id, Status.READ, list(message_ids))])
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """An `ack` (target delivered) or `read` (target read) of a recipient, for its message ids."""
+
+    kind: str
+    recipient_id: int
+    target: str
+    message_ids: list[object]
+
+
+def receipts_apply(receipts: list[Receipt]) -> list[uuid.UUID]:
+    """Apply many recipients' receipts in one transaction; return the ids that moved.
+
+    Ids that are not the recipient's own are ignored. The sockets of a process hand their
+    receipts in together (realtime.receipts), so a busy process pays one transaction for
+    hundreds of acks instead of one each. Acks go before reads: the outcome is the same as
+    applying the receipts one by one, in any order, since `read` is never left.
+    """
+    claimed: dict[str, dict[uuid.UUID, tuple[str, int]]] = defaultdict(dict)
+    for receipt in receipts:
+        for pk in (parse_uuid(v) for v in receipt.message_ids):
+            if pk is not None:
+                claimed[receipt.target][pk] = (receipt.kind, receipt.recipient_id)
+    if not claimed:
+        return []
+    moved_ids: list[uuid.UUID] = []
+    with transaction.atomic():
+        for target in (Status.DELIVERED, Status.READ):
+            by_claimer: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
+            for pk, claimer in claimed.get(target, {}).items():
+                by_claimer[claimer].append(pk)
+            if not by_claimer:
+                continue
+            # Ownership is part of the compare-and-set: another recipient's ids match nothing.
+            own = Q()
+            for (kind, recipient_id), ids in by_claimer.items():
+                own |= inbox(recipient_id, kind) & Q(pk__in=ids)
+            moved = lifecycle.transition(Message.objects.filter(own), to=target)
+            moved_ids += [m.id for m in moved]
+        if moved_ids:
+            attempts_close_open(moved_ids, Outcome.ACKED)
+        if moved_ids and strict_ordering():
+            owners = {
+                claimer for by_id in claimed.values() for pk, claimer in by_id.items() if pk in set(moved_ids)
+            }
+            for kind, recipient_id in owners:
+                transaction.on_commit(lambda k=kind, r=recipient_id: backlog_enqueue(r, k))
+    return moved_ids

@@ -79,6 +79,8 @@ class MessageSendApi(APIView):
 
 class MessageListApi(APIView):
     permission_classes = [CanSendMessage]
+    # Read by GET and by the schema generator, which then documents the paginated envelope.
+    pagination_class = PagePagination
 
     class FilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Status.choices, required=False)
@@ -98,7 +100,7 @@ class MessageListApi(APIView):
         if "recipient" in params:
             params["recipient_phone"] = params.pop("recipient")
         messages = message_list_for_sender(sender=request.user, **params)
-        paginator = PagePagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(messages, request, view=self)
         return paginator.get_paginated_response(MessageSerializer(page, many=True).data)
 
@@ -148,10 +150,12 @@ def _audit_requeue(request: Request, requeued: list) -> None:
 
 class DeadLetterListApi(APIView):
     permission_classes = [CanManageDeadLetters]
+    # Read by GET and by the schema generator, which then documents the paginated envelope.
+    pagination_class = PagePagination
 
     @extend_schema(responses=DeadLetterSerializer(many=True))
     def get(self, request: Request) -> Response:
-        paginator = PagePagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(dead_letters_visible_to(user=request.user), request, view=self)
         return paginator.get_paginated_response(DeadLetterSerializer(page, many=True).data)
 
@@ -235,7 +239,13 @@ class BatchSendApi(APIView):
 
     @extend_schema(
         request=inline_serializer(
-            "MessageBatch", fields={"messages": OneWayMessageInputSerializer(many=True)}
+            "MessageBatch",
+            # A list field, so that the schema shows the 1..BATCH_MAX bounds the view checks.
+            fields={
+                "messages": serializers.ListField(
+                    child=OneWayMessageInputSerializer(), min_length=1, max_length=services.BATCH_MAX
+                )
+            },
         ),
         responses={200: BatchOutputSerializer, 202: BatchOutputSerializer},
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],

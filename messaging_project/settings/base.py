@@ -258,6 +258,23 @@ REALTIME_TICKET_TTL_SECONDS = 60
 # permission changes take up to this long to apply; 0 looks every token up on every request.
 AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=1)
 
+# --- WebSocket frames (apps/realtime/consumers.py) --------------------------------------
+# The largest frame a client may send: a chat.send of 10,000 characters fits even with every
+# character escaped as a JSON surrogate pair. A larger one gets a `frame_too_large` error; daphne
+# drops the connection past 4 times this, unbuffered (messaging_project/web.py reads it too).
+REALTIME_MAX_FRAME_BYTES = env.int("REALTIME_MAX_FRAME_BYTES", default=128 * 1024)
+# Frames a connection may send: a bucket of REALTIME_FRAME_BURST refilled at this rate a second.
+# A frame past it is dropped with a `rate_limited` error; REALTIME_FLOOD_CLOSE_AFTER drops within
+# 10 s close the connection with 4429. Generous: a client acking each message of a catch-up
+# one frame at a time still fits a burst.
+REALTIME_FRAMES_PER_SECOND = env.float("REALTIME_FRAMES_PER_SECOND", default=200)
+REALTIME_FRAME_BURST = env.int("REALTIME_FRAME_BURST", default=1000)
+REALTIME_FLOOD_CLOSE_AFTER = env.int("REALTIME_FLOOD_CLOSE_AFTER", default=100)
+if REALTIME_FRAMES_PER_SECOND <= 0 or REALTIME_FRAME_BURST < 1 or REALTIME_FLOOD_CLOSE_AFTER < 1:
+    raise environ.ImproperlyConfigured(
+        "REALTIME_FRAMES_PER_SECOND must be > 0, REALTIME_FRAME_BURST and REALTIME_FLOOD_CLOSE_AFTER >= 1"
+    )
+
 # --- HTTP serving (messaging_project/http.py) ----------------------------------------------
 # Threads each web process runs requests on (at most one database connection each), and the
 # requests it holds at most before answering more with 503 and Retry-After.
@@ -278,6 +295,9 @@ if not 0 < OPS_DASHBOARD_INTERVAL_SECONDS <= 2:
 # Per-tier send limits are fixed by the spec (apps/messaging/flow.py); this switch exists for
 # load tests that must measure the pipeline rather than the limiter.
 MESSAGING_RATE_LIMITS_ENABLED = env.bool("MESSAGING_RATE_LIMITS_ENABLED", default=True)
+# Mobile users have no tier: their chat sends (REST and socket) count against these.
+MESSAGING_MOBILE_SENDS_PER_MINUTE = env.int("MESSAGING_MOBILE_SENDS_PER_MINUTE", default=100)
+MESSAGING_MOBILE_SENDS_PER_HOUR = env.int("MESSAGING_MOBILE_SENDS_PER_HOUR", default=1_000)
 # Every send checks the backlog; each process recounts it at most this often.
 MESSAGING_BACKLOG_CACHE_SECONDS = env.float("MESSAGING_BACKLOG_CACHE_SECONDS", default=1)
 # Messages per delivery task (batch and broadcast), recipients per broadcast expansion task.

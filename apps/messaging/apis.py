@@ -12,7 +12,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import CanManageDeadLetters, CanSendMessage, sender_permission
-from apps.audit.services import audit_record
 from apps.common.ids import parse_uuid
 from apps.common.pagination import PagePagination
 from apps.common.serializers import represent
@@ -36,7 +35,7 @@ from .serializers import (
     MessageSerializer,
 )
 from .services import (
-    dead_letter_delete,
+    dead_letters_delete,
     dead_letters_requeue,
     message_send,
     message_send_idempotent,
@@ -137,17 +136,6 @@ def _dead_letter_or_404(request: Request, dead_letter_id: str) -> DeadLetter:
     return get_object_or_404(dead_letters_visible_to(user=request.user), pk=int(dead_letter_id))
 
 
-def _audit_requeue(request: Request, requeued: list) -> None:
-    if requeued:
-        audit_record(
-            action="dead_letter.requeue",
-            object_type="messaging.message",
-            object_id=requeued[0] if len(requeued) == 1 else "",
-            actor=request.user,
-            details={"message_ids": requeued, "via": "api"},
-        )
-
-
 class DeadLetterListApi(APIView):
     permission_classes = [CanManageDeadLetters]
     # Read by GET and by the schema generator, which then documents the paginated envelope.
@@ -170,15 +158,7 @@ class DeadLetterDetailApi(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, dead_letter_id: str) -> Response:
         dead_letter = _dead_letter_or_404(request, dead_letter_id)
-        pk, message_id = dead_letter.pk, dead_letter.message_id  # delete() clears the pk
-        dead_letter_delete(dead_letter=dead_letter)
-        audit_record(
-            action="dead_letter.delete",
-            object_type="messaging.deadletter",
-            object_id=pk,
-            actor=request.user,
-            details={"message_ids": [message_id], "via": "api"},
-        )
+        dead_letters_delete(dead_letters=[dead_letter], actor=request.user, via="api")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -192,8 +172,9 @@ class DeadLetterRequeueApi(APIView):
     @extend_schema(request=None, responses={202: RequeuedSerializer})
     def post(self, request: Request, dead_letter_id: str) -> Response:
         dead_letter = _dead_letter_or_404(request, dead_letter_id)
-        requeued = dead_letters_requeue(dead_letters=DeadLetter.objects.filter(pk=dead_letter.pk))
-        _audit_requeue(request, requeued)
+        requeued = dead_letters_requeue(
+            dead_letters=DeadLetter.objects.filter(pk=dead_letter.pk), actor=request.user, via="api"
+        )
         return Response({"requeued": [str(pk) for pk in requeued]}, status=status.HTTP_202_ACCEPTED)
 
 
@@ -216,8 +197,7 @@ class DeadLetterBulkRequeueApi(APIView):
         found = set(visible.values_list("pk", flat=True))
         if found != ids:
             raise NotFound(f"No dead letter among yours with id(s) {sorted(ids - found)}.")
-        requeued = dead_letters_requeue(dead_letters=visible)
-        _audit_requeue(request, requeued)
+        requeued = dead_letters_requeue(dead_letters=visible, actor=request.user, via="api")
         return Response({"requeued": [str(pk) for pk in requeued]}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -13,6 +13,10 @@ p9  OVERLOAD: an open loop at twice p2's accepted rate (up to 512 connections) �
 p10 IDLE SOCKETS: one extra web process (`--processes 1`) on its own port; N mobile users, N
     WebSocket connections from a child process → connected, failed, connect time, the web
     process's RSS before/after (KB per socket), pongs of a random sample of 200.
+p11 WEBHOOKS: every sender registers an endpoint for `message.delivered` on a local receiver
+    (tests/webhooks/receiver.py, a threaded http.server in this process), then p3's batches run
+    again → events received/s (while the batches are delivered, and overall), how long after
+    the last ack the last event arrives, and the batches' delivered+acked/s against p3's.
 
 The HTTP helpers (closed_loop, fixed_rate, sends_summary, drain) live in bench/run.py and are
 handed in as `ops`, so that this module does not import the script that imports it.
@@ -45,6 +49,7 @@ from tqdm import tqdm
 from bench.measure import CpuMeter
 from bench.stack import BenchStack, database_url, mobiles_create
 from tests.e2e.harness import BIN, REPO_ROOT, Api, Process, free_port, wait_until
+from tests.webhooks.receiver import Receiver
 
 REFERENCE_APPLICATION = "bench.reference.asgi:application"
 REFERENCE_PATH = "/notes/"
@@ -477,3 +482,80 @@ def idle_sockets_phase(args, stack: BenchStack, workdir: Path) -> dict:
                 child.kill()
         web.stop()
     return out
+
+
+# --- p11: status webhooks while batches are delivered ---------------------------------------
+
+
+def webhook_phase(args, results: dict, load, db, ops: SimpleNamespace) -> dict:
+    """Register a `message.delivered` endpoint per sender on a local receiver; rerun p3's batches."""
+    receiver = Receiver()
+    endpoints: list[tuple[Api, int]] = []
+    try:
+        for token in load.tokens:
+            api = Api(load.base_url, token)
+            created = api.post(
+                "/api/v1/webhooks/",
+                {"url": receiver.url, "events": ["message.delivered"], "description": "bench"},
+            )
+            if created.status in (404, 405):
+                return {"status": f"n/a: endpoint missing (HTTP {created.status})"}
+            if created.status != 201:
+                return {"status": "failed", "error": f"register: {created.status} {created.body}"}
+            endpoints.append((api, created.body["id"]))
+        reqs = asyncio.run(
+            ops.batches(
+                load,
+                count=args.batches,
+                size=min(args.batch_size, 1000),
+                concurrency=args.batch_concurrency,
+                tag="p11",
+            )
+        )
+        batch = ops.batch_summary(reqs, db, "p11", args.drain_seconds)
+        expected = batch.get("delivered", 0)
+        started = time.monotonic()
+        bar = tqdm(total=expected, desc="p11 webhook events received", unit="evt", leave=True)
+        while time.monotonic() - started < args.drain_seconds:
+            bar.n = len(set(receiver.successful_ids()))
+            bar.refresh()
+            if bar.n >= expected:
+                break
+            time.sleep(0.25)
+        bar.close()
+        arrivals = sorted(r.at for r in receiver.requests)
+        unique = len(set(receiver.successful_ids()))
+        first_request = min(r.start for r in reqs) if reqs else None
+        acked = [t[1] for t in db.times([i for r in reqs if r.status == 202 for i in r.ids]).values() if t[1]]
+        last_ack = max(acked) if acked else None
+        during = sum(1 for at in arrivals if last_ack is not None and at <= last_ack)
+        p3 = results.get("p3") or {}
+        return {
+            "status": batch.get("status", "failed"),
+            "endpoints": len(endpoints),
+            "batch": {k: v for k, v in batch.items() if k != "raw"},
+            "events_expected": expected,
+            "events_received": unique,
+            "requests": len(arrivals),
+            "duplicates": len(arrivals) - unique,
+            "events_per_s": (unique / (arrivals[-1] - first_request)) if arrivals and first_request else 0.0,
+            "events_per_s_during_batches": (
+                during / (last_ack - first_request)
+                if last_ack and first_request and last_ack > first_request
+                else 0.0
+            ),
+            "last_event_after_last_ack_s": (arrivals[-1] - last_ack) if arrivals and last_ack else None,
+            "delivered_per_s": batch.get("delivered_per_s"),
+            "p3_delivered_per_s": p3.get("delivered_per_s"),
+            "slowdown": (
+                1 - batch["delivered_per_s"] / p3["delivered_per_s"]
+                if p3.get("delivered_per_s") and batch.get("delivered_per_s")
+                else None
+            ),
+        }
+    finally:
+        # Later phases measure the pipeline without webhooks.
+        for api, endpoint_id in endpoints:
+            with contextlib.suppress(OSError):
+                api.request("DELETE", f"/api/v1/webhooks/{endpoint_id}/")
+        receiver.stop()

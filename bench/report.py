@@ -201,7 +201,7 @@ def figures(results: dict) -> list[dict]:
         add(f"p5 catch-up of {n:,}: all acks recorded", p5["all_acked_seconds"], "s")
         add("p5 catch-up frames in seq order", "yes" if p5["in_seq_order"] else "NO")
     _extra_rows(results, add, not_run)
-    for name in ("p5", "p1", "p2", "p3", "p4", "p8", "p9"):
+    for name in ("p5", "p1", "p2", "p3", "p4", "p8", "p9", "p11"):
         cores = (results.get(name) or {}).get("cpu_cores")
         if cores:
             busy = sorted(cores.items(), key=lambda kv: -kv[1])
@@ -380,6 +380,28 @@ def _extra_rows(results: dict, add, not_run) -> None:
             "p10 RLIMIT_NOFILE server / client (soft)",
             f"{p10['server_rlimit_nofile']['soft']:,} / {p10['client_rlimit_nofile']['soft']:,}"
             + (f" — too low: {'; '.join(p10['rlimit_too_low'])}" if p10["rlimit_too_low"] else ""),
+        )
+    if not not_run("p11", "p11 webhooks during batches"):
+        p11 = results["p11"]
+        add(
+            f"p11 webhook events received ({p11['endpoints']} endpoints, message.delivered)",
+            f"{p11['events_received']:,} of {p11['events_expected']:,}, {p11['duplicates']:,} duplicates",
+            "",
+            "all",
+            p11["events_received"] >= p11["events_expected"],
+        )
+        add("p11 webhook events/s (first batch sent → last event)", p11["events_per_s"], "evt/s")
+        add(
+            "p11 webhook events/s while the batches were delivered",
+            p11["events_per_s_during_batches"],
+            "evt/s",
+        )
+        add("p11 last event after the last ack", p11["last_event_after_last_ack_s"], "s")
+        slowdown = p11.get("slowdown")
+        add(
+            "p11 batch delivered+acked with webhooks (p3 without)",
+            f"{p11['delivered_per_s'] or 0:,.0f} vs {p11['p3_delivered_per_s'] or 0:,.0f} msg/s",
+            ratio=f"{1 - slowdown:.2f}x p3's" if slowdown is not None else "",
         )
 
 

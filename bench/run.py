@@ -23,10 +23,10 @@ What it does, in order (each phase with a progress bar; all traffic on 127.0.0.1
       time until all frames arrived and until all acks are recorded (run first, on an idle
       system, since the other phases may leave deliveries queued when their drain times out);
    p6 peak resident memory of web, worker (with its pool), beat and redis, sampled all along;
-   p7-p10 (bench/phases.py): a same-run reference endpoint (bench/reference/, a bare DRF
+   p7-p11 (bench/phases.py): a same-run reference endpoint (bench/reference/, a bare DRF
       create doing our single send's durable write) under p2's load; ingest alone (p2 with the
       worker stopped); overload (an open loop at twice p2's rate); idle WebSockets on one
-      extra web process.
+      extra web process; status webhooks to a local receiver while p3's batches run again.
    A phase whose endpoint answers 404/405 is reported "n/a: endpoint missing"; a phase that
    fails is reported failed, with the reason, and the run goes on.
 6. Prints a table (figure, value, target, ratio to the reference, pass/fail) and writes
@@ -121,8 +121,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip py-spy")
     p.add_argument(
         "--phases",
-        default="1,2,3,4,5,7,8,9,10",
-        help="phases to run, e.g. 1,5 (7 reference endpoint, 8 ingest alone, 9 overload, 10 idle sockets)",
+        default="1,2,3,4,5,7,8,9,10,11",
+        help="phases to run, e.g. 1,5 (7 reference endpoint, 8 ingest alone, 9 overload, 10 idle sockets,"
+        " 11 webhooks during batches)",
     )
     p.add_argument(
         "--overload-rate", type=float, default=0, help="p9: req/s offered (0: twice p2's accepted)"
@@ -648,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
         fixed_rate=fixed_rate,
         sends_summary=sends_summary,
         drain=drain,
+        batches=batches,
+        batch_summary=batch_summary,
         percentiles=percentiles,
         statuses=statuses,
     )
@@ -802,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "4" in phases:
             run_phase("p4", results, broadcast_phase, load, db, fleet, args.drain_seconds, meter=meter)
+        if "11" in phases:
+            run_phase("p11", results, extra.webhook_phase, args, results, load, db, ops, meter=meter)
         # Our stack is idle (the fleet's sockets stay open) while the reference runs.
         if "7" in phases:
             run_phase("p7", results, extra.reference_phase, args, stack, mobiles, workdir, ops)

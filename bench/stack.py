@@ -61,6 +61,8 @@ class BenchStack(Stack):
         self.env.setdefault("DATABASE_POOL", "true")
         # As base.py's default (settings.test turns the token cache off for its unit tests).
         self.env.setdefault("AUTH_TOKEN_CACHE_SECONDS", "10")
+        # p11's webhook receiver listens on 127.0.0.1 (production settings refuse that).
+        self.env.setdefault("WEBHOOK_ALLOW_PRIVATE_URLS", "true")
         self.env.setdefault("DJANGO_SECRET_KEY", "bench-only-" + secrets.token_urlsafe(32))
         # One metrics directory for every process of the stack, as on a production host, so
         # that recording costs what it costs there and /metrics sums them all.

@@ -1,10 +1,11 @@
 """Celery application: broker and queues from Django settings (CELERY_* names)."""
 
+import gc
 import logging
 import os
 
 from celery import Celery
-from celery.signals import beat_init, task_postrun, task_prerun, worker_process_shutdown
+from celery.signals import beat_init, task_postrun, task_prerun, worker_process_init, worker_process_shutdown
 from kombu import Queue
 from kombu.transport import redis as redis_transport
 
@@ -12,7 +13,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "messaging_project.settings.loca
 
 app = Celery("messaging_project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = (Queue("high"), Queue("default"), Queue("low"))
+# `webhooks` (apps/webhooks/tasks.py): after the message queues a sender is waiting on, before
+# low-priority messages.
+app.conf.task_queues = (Queue("high"), Queue("default"), Queue("webhooks"), Queue("low"))
 app.autodiscover_tasks()
 
 
@@ -38,6 +41,13 @@ def _start_outbox_relay(sender=None, **_kwargs) -> None:
     from apps.messaging.relay import relay_start
 
     relay_start()
+    gc.freeze()  # as in a pool process, below
+
+
+@worker_process_init.connect
+def _freeze_startup_objects(**_kwargs) -> None:
+    """Keep what a process loaded at start out of full garbage collections (see asgi.py)."""
+    gc.freeze()
 
 
 @worker_process_shutdown.connect

@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/v1/", include("apps.devices.urls")),
     path("api/v1/", include("apps.conversations.urls")),
     path("api/v1/", include("apps.privacy.urls")),
+    path("api/v1/", include("apps.webhooks.urls")),
     path("media/d/<str:token>/", media.download, name="media-download"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

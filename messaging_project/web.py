@@ -24,12 +24,23 @@ import sys
 import time
 
 APPLICATION = "messaging_project.asgi:application"
+# The WebSocket frame limit, as settings.REALTIME_MAX_FRAME_BYTES (same variable, same default).
+# The consumer answers a larger frame with a `frame_too_large` error. daphne gets a hard cap of a
+# few times that, so that no frame is buffered past it; past it autobahn drops the connection
+# (no close frame: the client sees 1006), so the cap stays above the limit that answers.
+MAX_FRAME_BYTES_DEFAULT = 128 * 1024
+HARD_CAP_FACTOR = 4
 # A child that keeps dying is restarted at most this often.
 RESTART_DELAY_SECONDS = 1.0
 
 
 def _daphne() -> str:
     return os.path.join(os.path.dirname(sys.executable), "daphne")
+
+
+def _frame_limits() -> list[str]:
+    cap = str(HARD_CAP_FACTOR * int(os.environ.get("REALTIME_MAX_FRAME_BYTES", MAX_FRAME_BYTES_DEFAULT)))
+    return ["--websocket-max-message-size", cap, "--websocket-max-frame-size", cap]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,12 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.processes < 1:
         print("messaging_project.web: --processes must be at least 1", file=sys.stderr)
         return 2
+    limits = _frame_limits()
     if args.processes == 1:
-        os.execv(_daphne(), [_daphne(), "-b", args.bind, "-p", str(args.port), args.application])
+        os.execv(_daphne(), [_daphne(), "-b", args.bind, "-p", str(args.port), *limits, args.application])
     listener = socket.create_server((args.bind, args.port), backlog=2048, reuse_port=False)
     listener.set_inheritable(True)
     fd = listener.fileno()
-    argv_child = [_daphne(), "--fd", str(fd), args.application]
+    argv_child = [_daphne(), "--fd", str(fd), *limits, args.application]
 
     def spawn() -> subprocess.Popen:
         return subprocess.Popen(argv_child, pass_fds=[fd])

@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from apps.accounts.models import MobileUser, PartyKind, User
 from apps.common.pagination import PagePagination
 from apps.common.serializers import represent
-from apps.messaging.flow import sends_admit
+from apps.messaging.flow import chat_sends_admit
 from apps.messaging.inputs import MessageContentInputSerializer, phone_field
 
 from .models import Conversation, ConversationStatus
@@ -143,8 +143,7 @@ class ConversationMessagesApi(APIView):
         """Send a chat message: persisted before this answers, delivered after commit."""
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        if request.user.party_kind == PartyKind.BUSINESS:
-            sends_admit(sender=request.user, count=1)
+        chat_sends_admit(author=request.user)
         message = conversation_message_send(
             conversation_id=conversation_id, author=request.user, **serializer.validated_data
         )

@@ -52,3 +52,21 @@ def unread_totals_for(*, principal: User | MobileUser) -> dict[str, int]:
     unread = Conversation.objects.filter(_participant(principal), **{f"{field}__gt": 0})
     totals = unread.aggregate(messages=Sum(field))
     return {"conversations": unread.count(), "messages": totals["messages"] or 0}
+
+
+def conversation_state_for(
+    *, principal: User | MobileUser, conversation_id: object
+) -> tuple[str, int, int] | None:
+    """Return (status, business_id, mobile_id) of the principal's conversation, or None.
+
+    One indexed row and no joins: the typing relay asks it for every frame, so that a
+    conversation closed a moment ago is refused at once.
+    """
+    pk = parse_uuid(conversation_id)
+    if pk is None:
+        return None
+    return (
+        Conversation.objects.filter(_participant(principal), pk=pk)
+        .values_list("status", "business_id", "mobile_id")
+        .first()
+    )

@@ -22,12 +22,11 @@ from django.utils.safestring import SafeString
 from django.utils.text import smart_split, unescape_string_literal
 from django.utils.translation import ngettext
 
-from apps.audit.services import audit_record
 from apps.common.phone import normalize_phone
 
 from .models import Broadcast, DeadLetter, DeliveryAttempt, Message
 from .selectors import broadcast_progress, parse_uuid
-from .services import dead_letter_delete, dead_letters_requeue
+from .services import dead_letters_delete, dead_letters_requeue
 from .timeline import message_timeline
 
 
@@ -395,15 +394,8 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     def _requeue(self, request: HttpRequest, dead_letters: QuerySet[DeadLetter]) -> list[uuid.UUID]:
         selected = dead_letters.count()
-        requeued = dead_letters_requeue(dead_letters=dead_letters)
+        requeued = dead_letters_requeue(dead_letters=dead_letters, actor=request.user, via="admin")
         if requeued:
-            audit_record(
-                action="dead_letter.requeue",
-                object_type="messaging.message",
-                object_id=requeued[0] if len(requeued) == 1 else "",
-                actor=request.user,
-                details={"message_ids": requeued, "via": "admin"},
-            )
             LogEntry.objects.log_actions(
                 user_id=request.user.pk,
                 queryset=Message.objects.filter(pk__in=requeued),
@@ -453,13 +445,10 @@ class DeadLetterAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:messaging_deadletter_changelist"))
 
     def delete_model(self, request: HttpRequest, obj: DeadLetter) -> None:
-        _audit_delete(request, [obj])
-        dead_letter_delete(dead_letter=obj)
+        dead_letters_delete(dead_letters=[obj], actor=request.user, via="admin")
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        _audit_delete(request, list(queryset))
-        for dead_letter in queryset:
-            dead_letter_delete(dead_letter=dead_letter)
+        dead_letters_delete(dead_letters=list(queryset), actor=request.user, via="admin")
 
     def response_delete(self, request: HttpRequest, obj_display: str, obj_id: object) -> HttpResponse:
         response = super().response_delete(request, obj_display, obj_id)
@@ -489,19 +478,3 @@ class DeadLetterAdmin(admin.ModelAdmin):
             "has_requeue_permission": self.has_requeue_permission(request),
         }
         return super().change_view(request, object_id, form_url, extra_context)
-
-
-def _audit_delete(request: HttpRequest, dead_letters: list[DeadLetter]) -> None:
-    """Record the deletion of dead letters from the admin (the audit log of SPEC.md section 10)."""
-    if dead_letters:
-        audit_record(
-            action="dead_letter.delete",
-            object_type="messaging.deadletter",
-            object_id=dead_letters[0].pk if len(dead_letters) == 1 else "",
-            actor=request.user,
-            details={
-                "dead_letter_ids": [d.pk for d in dead_letters],
-                "message_ids": [d.message_id for d in dead_letters],
-                "via": "admin",
-            },
-        )

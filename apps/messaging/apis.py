@@ -12,7 +12,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import CanManageDeadLetters, CanSendMessage, sender_permission
-from apps.audit.services import audit_record
 from apps.common.ids import parse_uuid
 from apps.common.pagination import PagePagination
 from apps.common.serializers import represent
@@ -36,7 +35,7 @@ from .serializers import (
     MessageSerializer,
 )
 from .services import (
-    dead_letter_delete,
+    dead_letters_delete,
     dead_letters_requeue,
     message_send,
     message_send_idempotent,
@@ -79,6 +78,8 @@ class MessageSendApi(APIView):
 
 class MessageListApi(APIView):
     permission_classes = [CanSendMessage]
+    # Read by GET and by the schema generator, which then documents the paginated envelope.
+    pagination_class = PagePagination
 
     class FilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Status.choices, required=False)
@@ -98,7 +99,7 @@ class MessageListApi(APIView):
         if "recipient" in params:
             params["recipient_phone"] = params.pop("recipient")
         messages = message_list_for_sender(sender=request.user, **params)
-        paginator = PagePagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(messages, request, view=self)
         return paginator.get_paginated_response(MessageSerializer(page, many=True).data)
 
@@ -135,23 +136,14 @@ def _dead_letter_or_404(request: Request, dead_letter_id: str) -> DeadLetter:
     return get_object_or_404(dead_letters_visible_to(user=request.user), pk=int(dead_letter_id))
 
 
-def _audit_requeue(request: Request, requeued: list) -> None:
-    if requeued:
-        audit_record(
-            action="dead_letter.requeue",
-            object_type="messaging.message",
-            object_id=requeued[0] if len(requeued) == 1 else "",
-            actor=request.user,
-            details={"message_ids": requeued, "via": "api"},
-        )
-
-
 class DeadLetterListApi(APIView):
     permission_classes = [CanManageDeadLetters]
+    # Read by GET and by the schema generator, which then documents the paginated envelope.
+    pagination_class = PagePagination
 
     @extend_schema(responses=DeadLetterSerializer(many=True))
     def get(self, request: Request) -> Response:
-        paginator = PagePagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(dead_letters_visible_to(user=request.user), request, view=self)
         return paginator.get_paginated_response(DeadLetterSerializer(page, many=True).data)
 
@@ -166,15 +158,7 @@ class DeadLetterDetailApi(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, dead_letter_id: str) -> Response:
         dead_letter = _dead_letter_or_404(request, dead_letter_id)
-        pk, message_id = dead_letter.pk, dead_letter.message_id  # delete() clears the pk
-        dead_letter_delete(dead_letter=dead_letter)
-        audit_record(
-            action="dead_letter.delete",
-            object_type="messaging.deadletter",
-            object_id=pk,
-            actor=request.user,
-            details={"message_ids": [message_id], "via": "api"},
-        )
+        dead_letters_delete(dead_letters=[dead_letter], actor=request.user, via="api")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -188,8 +172,9 @@ class DeadLetterRequeueApi(APIView):
     @extend_schema(request=None, responses={202: RequeuedSerializer})
     def post(self, request: Request, dead_letter_id: str) -> Response:
         dead_letter = _dead_letter_or_404(request, dead_letter_id)
-        requeued = dead_letters_requeue(dead_letters=DeadLetter.objects.filter(pk=dead_letter.pk))
-        _audit_requeue(request, requeued)
+        requeued = dead_letters_requeue(
+            dead_letters=DeadLetter.objects.filter(pk=dead_letter.pk), actor=request.user, via="api"
+        )
         return Response({"requeued": [str(pk) for pk in requeued]}, status=status.HTTP_202_ACCEPTED)
 
 
@@ -212,8 +197,7 @@ class DeadLetterBulkRequeueApi(APIView):
         found = set(visible.values_list("pk", flat=True))
         if found != ids:
             raise NotFound(f"No dead letter among yours with id(s) {sorted(ids - found)}.")
-        requeued = dead_letters_requeue(dead_letters=visible)
-        _audit_requeue(request, requeued)
+        requeued = dead_letters_requeue(dead_letters=visible, actor=request.user, via="api")
         return Response({"requeued": [str(pk) for pk in requeued]}, status=status.HTTP_202_ACCEPTED)
 
 
@@ -235,7 +219,13 @@ class BatchSendApi(APIView):
 
     @extend_schema(
         request=inline_serializer(
-            "MessageBatch", fields={"messages": OneWayMessageInputSerializer(many=True)}
+            "MessageBatch",
+            # A list field, so that the schema shows the 1..BATCH_MAX bounds the view checks.
+            fields={
+                "messages": serializers.ListField(
+                    child=OneWayMessageInputSerializer(), min_length=1, max_length=services.BATCH_MAX
+                )
+            },
         ),
         responses={200: BatchOutputSerializer, 202: BatchOutputSerializer},
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],

@@ -19,7 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from apps.accounts.models import Tier, User
+from apps.accounts.models import MobileUser, Tier, User
 from apps.common.errors import DomainError
 from apps.common.ratelimit import MultiWindowLimiter
 
@@ -89,6 +89,41 @@ def sends_admit(*, sender: User, count: int) -> None:
 
 def limiter_windows(sender: User) -> list[tuple[int, int]]:
     return TIER_LIMITS.get(sender.tier, TIER_LIMITS[Tier.BASIC])
+
+
+def mobile_send_limiter() -> MultiWindowLimiter:
+    return MultiWindowLimiter(
+        name="send-mobile",
+        windows=[
+            (settings.MESSAGING_MOBILE_SENDS_PER_MINUTE, MINUTE),
+            (settings.MESSAGING_MOBILE_SENDS_PER_HOUR, HOUR),
+        ],
+    )
+
+
+def chat_sends_admit(*, author: User | MobileUser) -> None:
+    """Admit one chat message of `author`, or raise SendRateLimited (429) or Overloaded (503).
+
+    A business author counts against its tier (`sends_admit`); a mobile user, who has no tier,
+    against MESSAGING_MOBILE_SENDS_PER_MINUTE/_PER_HOUR: the REST API and the socket alike, so
+    neither is a way around the other's limit.
+    """
+    if isinstance(author, User):
+        sends_admit(sender=author, count=1)
+        return
+    backlog_admit()
+    if not settings.MESSAGING_RATE_LIMITS_ENABLED:
+        return
+    decision = mobile_send_limiter().hit(f"mobile:{author.pk}")
+    if not decision.allowed:
+        per_minute, per_hour = (
+            settings.MESSAGING_MOBILE_SENDS_PER_MINUTE,
+            settings.MESSAGING_MOBILE_SENDS_PER_HOUR,
+        )
+        raise SendRateLimited(
+            f"Rate limit of mobile users ({per_minute:,} per minute and {per_hour:,} per hour) reached.",
+            wait=decision.retry_after,
+        )
 
 
 # --- Backpressure ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -24,10 +24,10 @@ from apps.common.bridge import party_group
 from apps.common.errors import DomainError
 from apps.common.logging import correlation_context
 from apps.conversations.models import ConversationStatus
-from apps.conversations.selectors import conversation_for
+from apps.conversations.selectors import conversation_state_for
 from apps.conversations.services import conversation_message_send
 from apps.messaging import services
-from apps.messaging.flow import sends_admit
+from apps.messaging.flow import chat_sends_admit
 from apps.messaging.frames import message_payload
 from apps.messaging.inputs import ChatSendInputSerializer, first_error
 from apps.messaging.models import Status
@@ -41,6 +41,10 @@ CLOSE_UNAUTHENTICATED = 4401
 # The token could not be checked (the database is down): retry later, like HTTP's 503. (RFC
 # 6455's 1013 "Try Again Later" is one a server library may not send: autobahn refuses it.)
 CLOSE_TRY_AGAIN_LATER = 4503
+# A client that goes on flooding after its `rate_limited` answers, as 4401 mirrors HTTP's 401.
+CLOSE_FLOODING = 4429
+# Refusals counted within this many seconds for closing a flooding connection.
+FLOOD_WINDOW_SECONDS = 10
 MAX_IDS_PER_FRAME = 1000
 # How many of the ids its client acknowledged a connection remembers (the newest).
 ACKED_MEMORY = 2048
@@ -56,6 +60,15 @@ TYPING_REPEAT_SECONDS = 3
 # Beyond this many typing frames per window, a connection gets `rate_limited` errors.
 TYPING_BURST = 20
 TYPING_WINDOW_SECONDS = 10
+
+
+def _frame_bytes(text_data: str | None, bytes_data: bytes | None) -> int:
+    """Return the frame's size on the wire (text as UTF-8), or a lower bound far within the limit."""
+    if text_data is None:
+        return len(bytes_data or b"")
+    if len(text_data) * 4 <= settings.REALTIME_MAX_FRAME_BYTES:
+        return len(text_data)  # within the limit however wide its characters: no need to encode
+    return len(text_data.encode("utf-8", "surrogatepass"))
 
 
 def in_db_pool(func):
@@ -94,10 +107,13 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         self.acked_here: OrderedDict[str, None] = OrderedDict()
         self.last_beat = 0.0
         self.can_chat = await in_db_pool(self._can_chat)()
-        # conversation id -> the other participant's group, for typing (membership checked once).
-        self.typing_peers: dict[str, str] = {}
         self.typing_sent: dict[str, tuple[bool, float]] = {}
         self.typing_window: list[float] = []
+        # Every frame takes a token; the bucket refills at REALTIME_FRAMES_PER_SECOND.
+        self.frame_tokens = float(settings.REALTIME_FRAME_BURST)
+        self.frame_tokens_at = time.monotonic()
+        # When recent frames were refused; full and young means the client keeps flooding.
+        self.refusals: deque[float] = deque(maxlen=settings.REALTIME_FLOOD_CLOSE_AFTER)
         # Join the group before announcing presence: a worker that sees us online must find
         # us in the group. Anything it sends during catch-up waits in the channel layer.
         await self.channel_layer.group_add(self.group, self.channel_name)
@@ -152,6 +168,15 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
     # --- frames from the client -------------------------------------------------------------
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
+        if not await self._admit_frame():
+            return
+        if _frame_bytes(text_data, bytes_data) > settings.REALTIME_MAX_FRAME_BYTES:
+            # A bad frame like any other: answered, the connection stays open. daphne's own cap
+            # (messaging_project/web.py) is higher, because past it daphne can only drop the
+            # connection (an application may not close with 1009).
+            limit = settings.REALTIME_MAX_FRAME_BYTES
+            await self._error("frame_too_large", f"Frames are at most {limit:,} bytes; this one was dropped.")
+            return
         if text_data is None:
             await self._error("invalid_frame", "Frames are JSON text.")
             return
@@ -161,6 +186,27 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
             await self._error("invalid_json", "The frame is not valid JSON.")
             return
         await self.receive_json(content)
+
+    async def _admit_frame(self) -> bool:
+        """Take a token for this frame; answer `rate_limited`, or close a persistent flooder."""
+        now = time.monotonic()
+        rate, burst = settings.REALTIME_FRAMES_PER_SECOND, settings.REALTIME_FRAME_BURST
+        self.frame_tokens = min(burst, self.frame_tokens + (now - self.frame_tokens_at) * rate)
+        self.frame_tokens_at = now
+        if self.frame_tokens >= 1:
+            self.frame_tokens -= 1
+            return True
+        self.refusals.append(now)
+        if len(self.refusals) == self.refusals.maxlen and now - self.refusals[0] < FLOOD_WINDOW_SECONDS:
+            logger.warning("websocket.flooding", extra={"kind": self.kind, "user_id": self.user_id})
+            await self.close(code=CLOSE_FLOODING)
+            return False
+        await self._error(
+            "rate_limited",
+            f"More than {rate:g} frames a second; this frame was dropped.",
+            retry_after=max(1, round((1 - self.frame_tokens) / rate)),
+        )
+        return False
 
     async def receive_json(self, content, **kwargs) -> None:
         if not isinstance(content, dict) or not isinstance(content.get("type"), str):
@@ -224,10 +270,9 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "chat.accepted", "client_id": client_id, "message": payload})
 
     def _store_chat(self, fields: dict) -> dict:
-        if self.kind == PartyKind.BUSINESS:
-            # The same admission as `POST conversations/{id}/messages/`: a socket is no way
-            # around the sender's rate limit or the backlog's backpressure.
-            sends_admit(sender=self.principal, count=1)
+        # The same admission as `POST conversations/{id}/messages/`: a socket is no way
+        # around the author's rate limit or the backlog's backpressure.
+        chat_sends_admit(author=self.principal)
         message = conversation_message_send(author=self.principal, **fields)
         return message_payload(message)
 
@@ -245,13 +290,12 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
             return
         self.typing_window.append(now)
         conversation_id = str(parse_uuid(conversation_id))
-        peer = self.typing_peers.get(conversation_id)
-        if peer is None:
-            peer = await in_db_pool(self._typing_peer)(conversation_id)
-            if peer in ("not_found", "conversation_closed"):
-                await self._error(peer, TYPING_REFUSED[peer])
-                return
-            self.typing_peers[conversation_id] = peer
+        # Asked for every frame (one indexed row): a conversation closed since the last frame,
+        # from any process, is refused at once rather than after a cache expires.
+        peer = await in_db_pool(self._typing_peer)(conversation_id)
+        if peer in TYPING_REFUSED:
+            await self._error(peer, TYPING_REFUSED[peer])
+            return
         last = self.typing_sent.get(conversation_id)
         if last is not None and last[0] == is_typing and now - last[1] < TYPING_REPEAT_SECONDS:
             return  # the peer already knows; never persisted, so nothing is lost
@@ -261,14 +305,15 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
 
     def _typing_peer(self, conversation_id: str) -> str:
         """Return the other participant's group, or the error code refusing the typing frame."""
-        conversation = conversation_for(principal=self.principal, conversation_id=conversation_id)
-        if conversation is None:
+        state = conversation_state_for(principal=self.principal, conversation_id=conversation_id)
+        if state is None:
             return "not_found"
-        if conversation.status == ConversationStatus.CLOSED:
+        status, business_id, mobile_id = state
+        if status == ConversationStatus.CLOSED:
             return "conversation_closed"
         if self.kind == PartyKind.BUSINESS:
-            return party_group(PartyKind.MOBILE, conversation.mobile_id)
-        return party_group(PartyKind.BUSINESS, conversation.business_id)
+            return party_group(PartyKind.MOBILE, mobile_id)
+        return party_group(PartyKind.BUSINESS, business_id)
 
     async def _error(self, code: str, detail: str, **extra) -> None:
         await self.send_json({"type": "error", "code": code, "detail": detail, **extra})

@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "apps.devices",
     "apps.audit",
     "apps.privacy",
+    "apps.webhooks",
 ]
 
 MIDDLEWARE = [
@@ -174,6 +175,8 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.2,
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Webhook deliveries wait on other people's servers: their own queue (messaging_project/celery.py).
+CELERY_TASK_ROUTES = {"apps.webhooks.tasks.*": {"queue": "webhooks"}}
 # Celery's Django fixup closes every database connection before and after each task, and with
 # a connection pool it closes the whole pool: each task paid a new PostgreSQL connection (a
 # worker delivered 59 single-message tasks/s). It now does so only every this many tasks;
@@ -258,6 +261,23 @@ REALTIME_TICKET_TTL_SECONDS = 60
 # permission changes take up to this long to apply; 0 looks every token up on every request.
 AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=1)
 
+# --- WebSocket frames (apps/realtime/consumers.py) --------------------------------------
+# The largest frame a client may send: a chat.send of 10,000 characters fits even with every
+# character escaped as a JSON surrogate pair. A larger one gets a `frame_too_large` error; daphne
+# drops the connection past 4 times this, unbuffered (messaging_project/web.py reads it too).
+REALTIME_MAX_FRAME_BYTES = env.int("REALTIME_MAX_FRAME_BYTES", default=128 * 1024)
+# Frames a connection may send: a bucket of REALTIME_FRAME_BURST refilled at this rate a second.
+# A frame past it is dropped with a `rate_limited` error; REALTIME_FLOOD_CLOSE_AFTER drops within
+# 10 s close the connection with 4429. Generous: a client acking each message of a catch-up
+# one frame at a time still fits a burst.
+REALTIME_FRAMES_PER_SECOND = env.float("REALTIME_FRAMES_PER_SECOND", default=200)
+REALTIME_FRAME_BURST = env.int("REALTIME_FRAME_BURST", default=1000)
+REALTIME_FLOOD_CLOSE_AFTER = env.int("REALTIME_FLOOD_CLOSE_AFTER", default=100)
+if REALTIME_FRAMES_PER_SECOND <= 0 or REALTIME_FRAME_BURST < 1 or REALTIME_FLOOD_CLOSE_AFTER < 1:
+    raise environ.ImproperlyConfigured(
+        "REALTIME_FRAMES_PER_SECOND must be > 0, REALTIME_FRAME_BURST and REALTIME_FLOOD_CLOSE_AFTER >= 1"
+    )
+
 # --- HTTP serving (messaging_project/http.py) ----------------------------------------------
 # Threads each web process runs requests on (at most one database connection each), and the
 # requests it holds at most before answering more with 503 and Retry-After.
@@ -278,6 +298,9 @@ if not 0 < OPS_DASHBOARD_INTERVAL_SECONDS <= 2:
 # Per-tier send limits are fixed by the spec (apps/messaging/flow.py); this switch exists for
 # load tests that must measure the pipeline rather than the limiter.
 MESSAGING_RATE_LIMITS_ENABLED = env.bool("MESSAGING_RATE_LIMITS_ENABLED", default=True)
+# Mobile users have no tier: their chat sends (REST and socket) count against these.
+MESSAGING_MOBILE_SENDS_PER_MINUTE = env.int("MESSAGING_MOBILE_SENDS_PER_MINUTE", default=100)
+MESSAGING_MOBILE_SENDS_PER_HOUR = env.int("MESSAGING_MOBILE_SENDS_PER_HOUR", default=1_000)
 # Every send checks the backlog; each process recounts it at most this often.
 MESSAGING_BACKLOG_CACHE_SECONDS = env.float("MESSAGING_BACKLOG_CACHE_SECONDS", default=1)
 # Messages per delivery task (batch and broadcast), recipients per broadcast expansion task.
@@ -374,7 +397,27 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     StatusEnum="apps.messaging.models.Status",
     MediaStatusEnum="apps.media.models.MediaStatus",
     ConversationStatusEnum="apps.conversations.models.ConversationStatus",
+    WebhookEventTypeEnum="apps.webhooks.models.EventType",
+    WebhookOutcomeEnum="apps.webhooks.models.AttemptOutcome",
 )
+
+# --- Status webhooks (SPEC.md section 8; apps/webhooks) -------------------------------------
+# A 2xx within the timeout is success; failures retry from the base delay, doubling, capped at
+# an hour, up to the attempts limit. Private URLs (and plain http) only for local runs and tests.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10)
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=5)
+WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=3600)
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=12)
+WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=False)
+# How often beat wakes endpoints with due events (retries, lost wake-ups); events claimed per
+# round; the time slice a delivery task spends on one endpoint before requeueing itself; how
+# long a claimed event or a held lane waits for news from a worker (0: twice the timeout + 5 s).
+WEBHOOK_SWEEP_SECONDS = env.float("WEBHOOK_SWEEP_SECONDS", default=5)
+WEBHOOK_BATCH = env.int("WEBHOOK_BATCH", default=100)
+WEBHOOK_SLICE_SECONDS = env.float("WEBHOOK_SLICE_SECONDS", default=1)
+WEBHOOK_LEASE_SECONDS = env.float("WEBHOOK_LEASE_SECONDS", default=0)
+if WEBHOOK_MAX_ATTEMPTS < 1 or WEBHOOK_TIMEOUT_SECONDS <= 0:
+    raise environ.ImproperlyConfigured("WEBHOOK_MAX_ATTEMPTS must be >= 1 and WEBHOOK_TIMEOUT_SECONDS > 0")
 
 # --- Logging: JSON lines with the correlation id ------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
@@ -451,6 +494,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.privacy.tasks.purge_expired_messages",
         "schedule": 24 * 3600,
         "options": {"queue": "low", "expires": 12 * 3600},
+    },
+    # Webhooks: wake endpoints whose events are due (retries, wake-ups lost after a commit).
+    "webhooks": {
+        "task": "apps.webhooks.tasks.sweep_webhooks",
+        "schedule": WEBHOOK_SWEEP_SECONDS,
+        "options": _SWEEP,
     },
     # Media: remove uploads unattached for 24 h, re-dispatch lost thumbnail work.
     "media": {

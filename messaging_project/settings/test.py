@@ -34,6 +34,8 @@ MESSAGING_RATE_LIMITS_ENABLED = env.bool("MESSAGING_RATE_LIMITS_ENABLED", defaul
 # Unit tests look at the broker right after a commit: a relay round runs in the committing
 # thread. The end-to-end tests' processes leave it to beat's relay, as production does.
 MESSAGING_RELAY_ON_COMMIT = env.bool("MESSAGING_RELAY_ON_COMMIT", default=True)
+# Test receivers listen on 127.0.0.1; tests/webhooks/test_addresses.py turns this off.
+WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=True)
 # Tests deactivate users and revoke tokens and expect it at once (tests/accounts turns it on).
 AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=0)
 

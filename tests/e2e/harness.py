@@ -51,6 +51,10 @@ FAST_TIMINGS = {
     "PENDING_SWEEP_SECONDS": "1",
     "MESSAGING_RELAY_LEASE_SECONDS": "2",
     "STALE_CONNECTION_SWEEP_SECONDS": "2",
+    "WEBHOOK_TIMEOUT_SECONDS": "2",
+    "WEBHOOK_RETRY_BASE_SECONDS": "0.5",
+    "WEBHOOK_SWEEP_SECONDS": "0.5",
+    "WEBHOOK_LEASE_SECONDS": "3",
     "LOG_LEVEL": "INFO",
 }
 # Variables of the calling shell that would point the processes somewhere else.
@@ -295,7 +299,7 @@ class Stack:
                 "messaging_project",
                 "worker",
                 "-Q",
-                "high,default,low",
+                "high,default,webhooks,low",
                 "-c",
                 str(self.worker_concurrency),
                 "-l",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import inspect
 
+import httpcore
+import httpx
 import kombu
 import pytest
 from kombu.transport import redis as redis_transport
 
+from apps.webhooks import client
 from messaging_project import celery
 
 
@@ -43,3 +46,21 @@ def test_settling_on_a_channel_whose_connection_is_gone_is_skipped_not_fatal(nam
         assert channel.connection is None
 
         assert getattr(qos, name)("tag-1") is None  # unpatched: AttributeError, the worker stopped
+
+
+def test_the_webhook_client_patch_targets_the_installed_httpx_and_httpcore():
+    # apps/webhooks/client.py sets HTTPTransport._pool to a pool with the guarded backend.
+    assert httpx.__version__.startswith(client.HTTPX_TESTED), (httpx.__version__, client.HTTPX_TESTED)
+    assert httpcore.__version__.startswith(client.HTTPCORE_TESTED), httpcore.__version__
+    transport = httpx.HTTPTransport()
+    assert isinstance(transport._pool, httpcore.ConnectionPool)  # what the patch replaces
+    assert "network_backend" in inspect.signature(httpcore.ConnectionPool).parameters
+
+
+def test_the_webhook_client_connects_through_the_address_guard():
+    client.client_reset()
+    try:
+        pool = client.client()._transport._pool
+        assert isinstance(pool._network_backend, client._GuardedBackend)
+    finally:
+        client.client_reset()

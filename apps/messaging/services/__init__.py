@@ -31,7 +31,7 @@ from .deliver import (
     messages_write,
     recipient_deliver_backlog,
 )
-from .failures import dead_letter_delete, dead_letters_requeue, messages_fail, messages_release_unacked
+from .failures import dead_letters_delete, dead_letters_requeue, messages_fail, messages_release_unacked
 from .idempotency import idempotency_keys_purge
 from .receipts import Receipt, messages_acknowledge, messages_mark_read, receipts_apply
 from .retention import messages_purge_expired
@@ -64,7 +64,7 @@ __all__ = [
     "broadcast_expand_chunk",
     "catchup_chunk",
     "chat_message_store",
-    "dead_letter_delete",
+    "dead_letters_delete",
     "dead_letters_requeue",
     "idempotency_keys_purge",
     "message_cancel",

@@ -11,7 +11,8 @@ from datetime import timedelta
 from django.db import transaction
 from django.db.models import QuerySet
 
-from apps.accounts.models import PartyKind
+from apps.accounts.models import PartyKind, User
+from apps.audit.services import audit_record
 from apps.common import clock
 from apps.devices.services import push_schedule
 
@@ -95,8 +96,14 @@ def _snapshot(message: Message) -> dict:
     }
 
 
-def dead_letters_requeue(*, dead_letters: QuerySet[DeadLetter]) -> list[uuid.UUID]:
-    """Requeue the dead letters' messages: retries reset, status `queued`, the relay woken on commit."""
+def dead_letters_requeue(
+    *, dead_letters: QuerySet[DeadLetter], actor: User | None = None, via: str = ""
+) -> list[uuid.UUID]:
+    """Requeue the dead letters' messages: retries reset, status `queued`, the relay woken on commit.
+
+    With an `actor` (an operator, through the API or the admin: `via`), the audit log records
+    it in the same transaction (SPEC.md section 10).
+    """
     now = clock.now()
     with transaction.atomic():
         message_ids = list(dead_letters.values_list("message_id", flat=True))
@@ -118,9 +125,32 @@ def dead_letters_requeue(*, dead_letters: QuerySet[DeadLetter]) -> list[uuid.UUI
         DeadLetter.objects.filter(message_id__in=requeued).delete()
         if requeued:
             relay_notify()
+            if actor is not None:
+                audit_record(
+                    action="dead_letter.requeue",
+                    object_type="messaging.message",
+                    object_id=requeued[0] if len(requeued) == 1 else "",
+                    actor=actor,
+                    details={"message_ids": requeued, "via": via},
+                )
     return requeued
 
 
-def dead_letter_delete(*, dead_letter: DeadLetter) -> None:
-    """Remove a dead letter; its message stays `failed` with its history."""
-    dead_letter.delete()
+def dead_letters_delete(*, dead_letters: list[DeadLetter], actor: User | None = None, via: str = "") -> None:
+    """Remove dead letters; their messages stay `failed` with their history. Audited with an `actor`."""
+    if not dead_letters:
+        return
+    with transaction.atomic():
+        if actor is not None:
+            audit_record(
+                action="dead_letter.delete",
+                object_type="messaging.deadletter",
+                object_id=dead_letters[0].pk if len(dead_letters) == 1 else "",
+                actor=actor,
+                details={
+                    "dead_letter_ids": [d.pk for d in dead_letters],
+                    "message_ids": [d.message_id for d in dead_letters],
+                    "via": via,
+                },
+            )
+        DeadLetter.objects.filter(pk__in=[d.pk for d in dead_letters]).delete()

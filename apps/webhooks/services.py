@@ -1,0 +1,115 @@
+"""Writes: registering, changing and removing webhook endpoints, rotating secrets, redelivering."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.db import transaction
+from django.utils import timezone
+
+from apps.accounts.models import User
+
+from . import addresses
+from .errors import EndpointInactive, WebhookUrlRefused
+from .models import EventStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from .signing import secret_new
+
+
+def _url_checked(url: str) -> str:
+    try:
+        addresses.url_check(url)
+    except addresses.AddressRefused as exc:
+        raise WebhookUrlRefused(f"url: {exc}.") from exc
+    return url
+
+
+def endpoint_create(
+    *, owner: User, url: str, events: Sequence[str], description: str = ""
+) -> WebhookEndpoint:
+    """Register `url` for `events` of `owner`'s messages, with a fresh secret."""
+    return WebhookEndpoint.objects.create(
+        owner=owner,
+        url=_url_checked(url),
+        events=list(dict.fromkeys(events)),
+        description=description,
+        secret=secret_new(),
+    )
+
+
+def endpoint_update(
+    *,
+    endpoint: WebhookEndpoint,
+    url: str | None = None,
+    events: Sequence[str] | None = None,
+    description: str | None = None,
+    is_active: bool | None = None,
+) -> WebhookEndpoint:
+    """Change the given fields; reactivating clears the failure history and wakes delivery."""
+    changes: dict = {}
+    if url is not None:
+        # A new address gets its first attempt now, not when the old one's pause ends.
+        changes.update(url=_url_checked(url), paused_until=None)
+    if events is not None:
+        changes["events"] = list(dict.fromkeys(events))
+    if description is not None:
+        changes["description"] = description
+    if is_active is not None:
+        changes["is_active"] = is_active
+        if is_active and not endpoint.is_active:
+            changes.update(failing_since=None, paused_until=None, deactivated_at=None)
+    if changes:
+        WebhookEndpoint.objects.filter(pk=endpoint.pk).update(**changes)
+        if changes.get("is_active") or "url" in changes:
+            _wake_on_commit(endpoint.pk)
+    endpoint.refresh_from_db()
+    return endpoint
+
+
+def endpoint_delete(*, endpoint: WebhookEndpoint) -> None:
+    """Remove the endpoint with its events and attempts."""
+    endpoint.delete()
+
+
+def secret_rotate(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
+    """Give the endpoint a new secret; the events sent from now on are signed with it."""
+    endpoint.secret = secret_new()
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(secret=endpoint.secret)
+    return endpoint
+
+
+def event_redeliver(*, delivery: WebhookDelivery) -> WebhookEvent:
+    """Send the event of `delivery` once more, now, whatever became of it (delivered or given up).
+
+    An event that had used up its attempts gets this one attempt; one still being retried is
+    simply tried now. The endpoint's pause (unreachable receiver) is lifted: the sender asks.
+    """
+    endpoint = WebhookEndpoint.objects.get(pk=delivery.endpoint_id)
+    if not endpoint.is_active:
+        raise EndpointInactive()
+    now = timezone.now()
+    with transaction.atomic():
+        WebhookEvent.objects.filter(pk=delivery.event_id).update(
+            status=EventStatus.PENDING, next_attempt_at=now, delivered_at=None
+        )
+        WebhookEndpoint.objects.filter(pk=endpoint.pk).update(paused_until=None)
+        _wake_on_commit(endpoint.pk)
+    return WebhookEvent.objects.get(pk=delivery.event_id)
+
+
+def events_redeliver(*, event_ids: Sequence[int]) -> int:
+    """Send these events once more, now (admin action); return how many were set to go."""
+    now = timezone.now()
+    with transaction.atomic():
+        events = WebhookEvent.objects.filter(pk__in=event_ids, endpoint__is_active=True)
+        endpoint_ids = sorted(set(events.values_list("endpoint_id", flat=True)))
+        count = events.update(status=EventStatus.PENDING, next_attempt_at=now, delivered_at=None)
+        WebhookEndpoint.objects.filter(pk__in=endpoint_ids).update(paused_until=None)
+        for endpoint_id in endpoint_ids:
+            _wake_on_commit(endpoint_id)
+    return count
+
+
+def _wake_on_commit(endpoint_id: int) -> None:
+    from .delivery import lanes_wake
+
+    transaction.on_commit(lambda: lanes_wake([endpoint_id]))

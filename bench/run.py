@@ -72,6 +72,7 @@ from bench.measure import (
     redis_push_pop_rate,
     summarize_profile,
 )
+from bench.push import PushServers, push_phase
 from bench.stack import (
     BenchStack,
     Mobile,
@@ -121,9 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip py-spy")
     p.add_argument(
         "--phases",
-        default="1,2,3,4,5,7,8,9,10,11",
+        default="1,2,3,4,5,7,8,9,10,11,12",
         help="phases to run, e.g. 1,5 (7 reference endpoint, 8 ingest alone, 9 overload, 10 idle sockets,"
-        " 11 webhooks during batches)",
+        " 11 webhooks during batches, 12 push to offline users)",
     )
     p.add_argument(
         "--overload-rate", type=float, default=0, help="p9: req/s offered (0: twice p2's accepted)"
@@ -666,6 +667,10 @@ def main(argv: list[str] | None = None) -> int:
         settings=args.settings,
     )
     configure_django(database_name=args.database, redis_url=stack.redis_url)
+    # p12: the local FCM server must be known to every process before they start.
+    push_servers = PushServers(workdir) if "12" in phases else None
+    if push_servers is not None:
+        stack.env.update(push_servers.env)
     fleet_proc = None
     fleet: FleetHandle | None = None
     sampler = None
@@ -807,6 +812,8 @@ def main(argv: list[str] | None = None) -> int:
             run_phase("p4", results, broadcast_phase, load, db, fleet, args.drain_seconds, meter=meter)
         if "11" in phases:
             run_phase("p11", results, extra.webhook_phase, args, results, load, db, ops, meter=meter)
+        if push_servers is not None:
+            run_phase("p12", results, push_phase, args, load, push_servers, meter=meter)
         # Our stack is idle (the fleet's sockets stay open) while the reference runs.
         if "7" in phases:
             run_phase("p7", results, extra.reference_phase, args, stack, mobiles, workdir, ops)
@@ -840,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:
                 "running" if proc.alive() else proc.popen.returncode
             )
         stack.close()
+        if push_servers is not None:
+            push_servers.stop()
 
     results["profiles"] = profiles
     results["duration_s"] = time.time() - started_at

@@ -26,6 +26,8 @@ from redis.exceptions import RedisError
 from .redis import redis_client
 
 CLOCK_SYNC_SECONDS = 30.0
+# Offsets smaller than this are measurement noise, not skew (hosts kept by NTP agree to a few ms).
+CLOCK_TOLERANCE_SECONDS = 0.05
 
 _lock = threading.Lock()
 _offset = 0.0  # Redis's time minus this process's (skewed) local time
@@ -45,8 +47,10 @@ def _sync() -> None:
     except RedisError:
         _synced_at = time.monotonic()  # ask again at the next period, not on every call
         return
-    # Redis read its clock about halfway through the round trip.
-    _offset = seconds + micros / 1e6 - (before + after) / 2
+    # Redis read its clock about halfway through the round trip. An offset within the error of
+    # that estimate (a round trip) is no skew: the local clock is kept, to the microsecond.
+    offset = seconds + micros / 1e6 - (before + after) / 2
+    _offset = offset if abs(offset) > max(CLOCK_TOLERANCE_SECONDS, after - before) else 0.0
     _synced_at = time.monotonic()
 
 

@@ -35,3 +35,15 @@ def test_without_redis_the_local_clock_is_used(settings):
         assert clock.timestamp() == pytest.approx(time.time() + 300, abs=0.5)
     finally:
         redis_client.cache_clear()
+
+
+def test_an_agreeing_clock_is_read_as_is_not_through_a_noisy_offset(redis, settings):
+    """Without skew (within the round trip's error), due times keep the local clock's precision."""
+    settings.MESSAGING_CLOCK_OFFSET_SECONDS = 0
+
+    clock.timestamp()  # measures
+    before = time.time()
+    shared = clock.timestamp()
+    after = time.time()
+
+    assert before <= shared <= after

@@ -28,6 +28,7 @@ class PushServers:
     """The local FCM server and the environment that points the stack's processes at it."""
 
     def __init__(self, workdir: Path) -> None:
+        (workdir / "push-pki").mkdir(parents=True, exist_ok=True)
         pki = make_pki(workdir / "push-pki")
         self.fcm = FakeFcm(pki.google_public_pem).start()
         (workdir / "fcm").mkdir(exist_ok=True)
@@ -52,9 +53,9 @@ def push_phase(args, load, servers: PushServers) -> dict:
     offline = mobiles_create(start, PUSH_USERS)
     tokens = {}
     for mobile in offline:
-        token = f"bench-fcm-{mobile.pk}"
-        device_register(mobile_user=MobileUser.objects.get(pk=mobile.pk), token=token, platform="android")
-        tokens[mobile.pk] = token
+        token = f"bench-fcm-{mobile.id}"
+        device_register(mobile_user=MobileUser.objects.get(pk=mobile.id), token=token, platform="android")
+        tokens[mobile.id] = token
     api = Api(load.base_url, load.tokens[0])
     sent_at: dict[int, float] = {}
     refused = 0
@@ -62,7 +63,7 @@ def push_phase(args, load, servers: PushServers) -> dict:
         at = time.time()
         response = api.post("/api/v1/messages/", {"recipient_phone_number": mobile.phone, "content": "wake"})
         if response.status == 202:
-            sent_at[mobile.pk] = at
+            sent_at[mobile.id] = at
         else:
             refused += 1
         time.sleep(PUSH_INTERVAL)

@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 PROMOTE_BATCH = 1000
 # Skip frames one catch-up chunk carries at most (a later chunk carries the rest).
 SKIPS_MAX = 1000
-CANCELABLE = lifecycle.ALLOWED_SOURCES[Status.CANCELED]
 
 
 # --- Scheduled send -------------------------------------------------------------------------

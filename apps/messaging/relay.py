@@ -178,7 +178,9 @@ class Relay:
         subscription.subscribe(CHANNEL)
         try:
             self._round()  # whatever was committed before we listened
-            due_at = _promote_due()
+            promoted, due_at = _promote_due()
+            if promoted:
+                self._round()
             next_poll = time.monotonic() + poll
             recheck = LANE_RECHECK_SECONDS
             while not self._stop.is_set():
@@ -191,10 +193,10 @@ class Relay:
                     notes.add(note["data"])
                     note = subscription.get_message(timeout=0)
                 polled = time.monotonic() >= next_poll
+                promoted = 0
                 if SCHEDULED_NOTE in notes or polled or _seconds_until(due_at) <= 0:
-                    # Promoted messages announce themselves (a queued note) for the round.
-                    due_at = _promote_due()
-                if notes or polled:
+                    promoted, due_at = _promote_due()
+                if notes or polled or promoted:  # promoted messages leave in this same round
                     waiting = self._round()
                     # A lane held back is looked at again soon, whether or not more arrives;
                     # the longer it stays held (workers busy or stopped), the less often.
@@ -204,13 +206,13 @@ class Relay:
             subscription.close()
 
 
-def _promote_due() -> datetime | None:
-    """Promote the scheduled messages that are due; return when the next one is."""
+def _promote_due() -> tuple[int, datetime | None]:
+    """Promote the scheduled messages that are due; return how many, and when the next one is."""
     # schedule.py wakes the relays itself (relay_notify): imported here, not at the top.
     from .services.schedule import scheduled_next_due_at, scheduled_promote_due
 
-    scheduled_promote_due()
-    return scheduled_next_due_at()
+    promoted = scheduled_promote_due()
+    return promoted, scheduled_next_due_at()
 
 
 def _seconds_until(at: datetime | None) -> float:

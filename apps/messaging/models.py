@@ -105,12 +105,23 @@ class Message(models.Model):
         blank=True,
         on_delete=models.PROTECT,
         related_name="sent_messages",
+        db_index=False,  # led by message_sender_created_idx
     )
     sender_mobile = models.ForeignKey(
-        MobileUser, null=True, blank=True, on_delete=models.PROTECT, related_name="sent_messages"
+        MobileUser,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="sent_messages",
+        db_index=False,  # message_sender_mobile_idx, chat messages only
     )
     recipient = models.ForeignKey(
-        MobileUser, null=True, blank=True, on_delete=models.PROTECT, related_name="messages"
+        MobileUser,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="messages",
+        db_index=False,  # led by the unique (recipient, seq) constraint
     )
     recipient_business = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -161,9 +172,17 @@ class Message(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            models.UniqueConstraint(fields=["recipient", "seq"], name="message_unique_recipient_seq"),
+            # Each stream's seqs are unique. Partial: a message is in one stream, so an index
+            # entry for the other one's null would be written (and checked) for nothing.
             models.UniqueConstraint(
-                fields=["recipient_business", "seq"], name="message_unique_recipient_business_seq"
+                fields=["recipient", "seq"],
+                condition=Q(recipient__isnull=False),
+                name="message_unique_recipient_seq",
+            ),
+            models.UniqueConstraint(
+                fields=["recipient_business", "seq"],
+                condition=Q(recipient_business__isnull=False),
+                name="message_unique_recipient_business_seq",
             ),
             models.CheckConstraint(
                 condition=Q(sender__isnull=False, sender_mobile__isnull=True)
@@ -245,6 +264,12 @@ class Message(models.Model):
             # The sender's list, newest first, with its filters.
             models.Index(fields=["sender", "-created_at"], name="message_sender_created_idx"),
             models.Index(fields=["sender", "status", "-created_at"], name="message_sender_status_idx"),
+            # A mobile user's own chat messages (export, erase, the PROTECT check).
+            models.Index(
+                fields=["sender_mobile"],
+                condition=Q(sender_mobile__isnull=False),
+                name="message_sender_mobile_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -280,7 +305,12 @@ class Outcome(models.TextChoices):
 
 
 class DeliveryAttempt(models.Model):
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attempts")
+    message = models.ForeignKey(
+        Message,
+        on_delete=models.CASCADE,
+        related_name="attempts",
+        db_index=False,  # led by attempt_message_at_idx
+    )
     at = models.DateTimeField()
     channel = models.CharField(max_length=12, choices=Channel.choices)
     outcome = models.CharField(max_length=12, choices=Outcome.choices)

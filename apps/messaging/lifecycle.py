@@ -24,7 +24,7 @@ from apps.accounts.models import PartyKind
 from apps.common import clock, metrics
 from apps.messaging import events, hooks
 
-from .models import Kind, Message, Status
+from .models import Channel, DeliveryAttempt, Kind, Message, Outcome, Status
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,14 @@ def can_transition(source: str, target: str) -> bool:
 class Moved:
     id: uuid.UUID
     previous: str
+
+
+@dataclass(frozen=True)
+class CloseAttempts:
+    """Close the moved messages' open WebSocket attempts (written, waiting for the ack) as `outcome`."""
+
+    outcome: str
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,11 +126,13 @@ def transition(
     to: str,
     reason: str = "",
     now: datetime | None = None,
+    close_attempts: CloseAttempts | None = None,
     **changes,
 ) -> list[Moved]:
     """Move the messages of `messages` that may reach `to` there; return those that moved.
 
-    `changes` are further column updates made in the same statement (e.g. `next_attempt_at`).
+    `changes` are further column updates made in the same statement (e.g. `next_attempt_at`);
+    `close_attempts` settles the moved messages' open attempts in that statement too.
     Rows are locked in primary-key order, so concurrent bulk transitions cannot deadlock, and
     the update repeats the status condition, so it stays a compare-and-set on any database.
 
@@ -141,10 +151,10 @@ def transition(
     # fails as a whole, and a receipt costs two round trips less.
     with transaction.atomic(savepoint=False):
         if connection.vendor == "postgresql":
-            rows = _move_in_one_statement(messages, sources, values)
+            rows = _move_in_one_statement(messages, sources, values, close_attempts)
             updated = len(rows)
         else:
-            rows, updated = _move_locked_then_update(messages, sources, values)
+            rows, updated = _move_locked_then_update(messages, sources, values, close_attempts)
         if not rows:
             return []
         chat = [row for row in rows if row.kind == Kind.CHAT]
@@ -188,12 +198,15 @@ _RETURNED = (
 )
 
 
-def _move_in_one_statement(messages: QuerySet[Message], sources: frozenset[str], values: dict) -> list[_Row]:
+def _move_in_one_statement(
+    messages: QuerySet[Message], sources: frozenset[str], values: dict, close_attempts: CloseAttempts | None
+) -> list[_Row]:
     """Lock (in id order), compare and update the rows of `messages` in one statement (PostgreSQL).
 
     The CTE locks the candidates in primary-key order, so concurrent bulk transitions cannot
     deadlock; its status condition is re-checked on each row's latest version once locked, so
-    this is a compare-and-set; the update returns each row's previous status from the CTE.
+    this is a compare-and-set; the update returns each row's previous status from the CTE. The
+    moved messages' open attempts are closed by a second CTE of the same statement.
     """
     table = Message._meta.db_table
     try:
@@ -206,19 +219,26 @@ def _move_in_one_statement(messages: QuerySet[Message], sources: frozenset[str],
     returned = ", ".join(f'"{table}"."{column}"' for column in _RETURNED)
     sql = (
         f'WITH claim AS (SELECT id, status FROM "{table}" WHERE id IN ({inner_sql})'
-        " AND status = ANY(%s) ORDER BY id FOR UPDATE) "
-        f'{update_sql} FROM claim WHERE "{table}"."id" = claim.id'
-        f" RETURNING {returned}, claim.status"
+        " AND status = ANY(%s) ORDER BY id FOR UPDATE), "
+        f'moved AS ({update_sql} FROM claim WHERE "{table}"."id" = claim.id'
+        f" RETURNING {returned}, claim.status AS previous)"
     )
+    params = [*inner_params, list(sources), *update_params]
+    if close_attempts is not None:
+        sql += (
+            f', closed AS (UPDATE "{DeliveryAttempt._meta.db_table}" AS a SET outcome = %s, error = %s'
+            " FROM moved WHERE a.message_id = moved.id AND a.channel = %s AND a.outcome = %s)"
+        )
+        params += [close_attempts.outcome, close_attempts.error[:500], Channel.WEBSOCKET, Outcome.SENT]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*inner_params, list(sources), *update_params])
+        cursor.execute(f"{sql} SELECT * FROM moved", params)
         found = cursor.fetchall()
     found.sort(key=lambda r: r[0])
     return [_Row(r[0], r[8], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in found]
 
 
 def _move_locked_then_update(
-    messages: QuerySet[Message], sources: frozenset[str], values: dict
+    messages: QuerySet[Message], sources: frozenset[str], values: dict, close_attempts: CloseAttempts | None
 ) -> tuple[list[_Row], int]:
     """Lock and read the rows, then update them (other databases: SQLite locks the whole file)."""
     rows = [
@@ -240,7 +260,12 @@ def _move_locked_then_update(
     ]
     if not rows:
         return [], 0
-    updated = Message.objects.filter(pk__in=[row.id for row in rows], status__in=sources).update(**values)
+    ids = [row.id for row in rows]
+    updated = Message.objects.filter(pk__in=ids, status__in=sources).update(**values)
+    if close_attempts is not None:
+        DeliveryAttempt.objects.filter(
+            message_id__in=ids, channel=Channel.WEBSOCKET, outcome=Outcome.SENT
+        ).update(outcome=close_attempts.outcome, error=close_attempts.error[:500])
     return rows, updated
 
 

@@ -9,7 +9,7 @@ from django.forms.models import model_to_dict
 from django.utils import timezone
 
 from apps.messaging import lifecycle
-from apps.messaging.models import Message, Status
+from apps.messaging.models import Channel, DeliveryAttempt, Message, Outcome, Status
 from tests.factories import MessageFactory
 
 Q, P, S, D, R, F = (Status.QUEUED, Status.PENDING, Status.SENT, Status.DELIVERED, Status.READ, Status.FAILED)
@@ -44,9 +44,7 @@ def implementation(request, monkeypatch):
         monkeypatch.setattr(
             lifecycle,
             "_move_in_one_statement",
-            lambda messages, sources, values: lifecycle._move_locked_then_update(messages, sources, values)[
-                0
-            ],
+            lambda *args: lifecycle._move_locked_then_update(*args)[0],
         )
     return request.param
 
@@ -171,6 +169,34 @@ def test_transition_applies_extra_changes_only_to_moved_rows(sender, mobile_user
 
     assert Message.objects.get(pk=sent.pk).next_attempt_at == due
     assert Message.objects.get(pk=read.pk).next_attempt_at is None
+
+
+def test_transition_closes_the_open_attempts_of_the_moved_messages_only(sender, mobile_user):
+    now = timezone.now()
+    moving = MessageFactory(sender=sender, recipient=mobile_user, status=S)
+    staying = MessageFactory(sender=sender, recipient=mobile_user, status=R)
+
+    def attempt(message, outcome, channel=Channel.WEBSOCKET):
+        return DeliveryAttempt.objects.create(message=message, at=now, channel=channel, outcome=outcome)
+
+    open_moving, open_staying = attempt(moving, Outcome.SENT), attempt(staying, Outcome.SENT)
+    settled, pushed = attempt(moving, Outcome.TIMEOUT), attempt(moving, Outcome.SENT, Channel.FCM)
+
+    moved = lifecycle.transition(
+        Message.objects.filter(recipient=mobile_user),
+        to=F,
+        reason="why",
+        close_attempts=lifecycle.CloseAttempts(Outcome.ERROR, "broken pipe"),
+    )
+
+    assert [m.id for m in moved] == [moving.pk]
+    outcomes = {a.pk: (a.outcome, a.error) for a in DeliveryAttempt.objects.all()}
+    assert outcomes == {
+        open_moving.pk: (Outcome.ERROR, "broken pipe"),
+        open_staying.pk: (Outcome.SENT, ""),  # its message did not move
+        settled.pk: (Outcome.TIMEOUT, ""),
+        pushed.pk: (Outcome.SENT, ""),  # not a WebSocket attempt
+    }
 
 
 def test_unknown_target_is_rejected(sender, mobile_user):

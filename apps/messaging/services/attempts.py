@@ -1,4 +1,4 @@
-"""Delivery attempts over the WebSocket: recorded when written, closed when settled."""
+"""Delivery attempts over the WebSocket: recorded when written (lifecycle.transition closes them)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from apps.common.pgcopy import copy_insert
 from ..models import (
     Channel,
     DeliveryAttempt,
-    Outcome,
 )
 
 
@@ -24,9 +23,3 @@ def attempts_record(
             for pk in message_ids
         ]
     )
-
-
-def attempts_close_open(message_ids: Iterable[uuid.UUID], outcome: str, error: str = "") -> None:
-    DeliveryAttempt.objects.filter(
-        message_id__in=list(message_ids), channel=Channel.WEBSOCKET, outcome=Outcome.SENT
-    ).update(outcome=outcome, error=error)

@@ -32,7 +32,7 @@ from ..selectors import (
     with_parties,
 )
 from . import schedule
-from .attempts import attempts_close_open, attempts_record
+from .attempts import attempts_record
 from .failures import messages_fail
 from .policy import DUE_TOLERANCE, ack_deadline, strict_ordering
 
@@ -160,13 +160,13 @@ def messages_write(messages: list[Outgoing]) -> int:
             unsent += [m.pk for m in by_group[group]]
     if error is not None:
         with transaction.atomic():
-            back = lifecycle.transition(
+            lifecycle.transition(
                 Message.objects.filter(pk__in=unsent, status=Status.SENT),
                 to=Status.PENDING,
                 reason="channel layer unavailable",
                 next_attempt_at=None,
+                close_attempts=lifecycle.CloseAttempts(Outcome.ERROR, f"channel layer: {error!r}"),
             )
-            attempts_close_open([m.id for m in back], Outcome.ERROR, error=f"channel layer: {error!r}"[:500])
         raise error
     return len(moved)
 

@@ -24,7 +24,6 @@ from ..models import (
     Status,
 )
 from ..relay import relay_notify
-from .attempts import attempts_close_open
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +42,9 @@ def messages_release_unacked(
             to=Status.PENDING,
             reason=reason,
             next_attempt_at=None,
+            close_attempts=lifecycle.CloseAttempts(Outcome.OFFLINE, reason),
         )
         ids = [m.id for m in moved]
-        if ids:
-            attempts_close_open(ids, Outcome.OFFLINE, error=reason)
         if ids and kind == PartyKind.MOBILE:
             released_to = set(Message.objects.filter(pk__in=ids).values_list("recipient_id", flat=True))
             for recipient_id in released_to:
@@ -62,11 +60,16 @@ def messages_fail(
     Attempts still waiting for an ack are closed with `attempt_outcome`.
     """
     with transaction.atomic():
-        moved = lifecycle.transition(messages, to=Status.FAILED, reason=reason, **changes)
+        moved = lifecycle.transition(
+            messages,
+            to=Status.FAILED,
+            reason=reason,
+            close_attempts=lifecycle.CloseAttempts(attempt_outcome, reason),
+            **changes,
+        )
         ids = [m.id for m in moved]
         if not ids:
             return []
-        attempts_close_open(ids, attempt_outcome, error=reason)
         failed = Message.objects.filter(pk__in=ids).select_related("recipient", "recipient_business")
         DeadLetter.objects.bulk_create(
             [DeadLetter(message=m, reason=reason[:500], payload=_snapshot(m)) for m in failed],

@@ -30,7 +30,6 @@ from ..models import (
 from ..selectors import (
     pending_recipients_due,
 )
-from .attempts import attempts_close_open
 from .failures import messages_fail, messages_release_unacked
 
 logger = logging.getLogger(__name__)
@@ -74,9 +73,9 @@ def sweep_ack_timeouts(*, limit: int | None = None) -> int:
                 reason="ack timeout",
                 retry_count=F("retry_count") + 1,
                 next_attempt_at=now + timedelta(seconds=delay),
+                close_attempts=lifecycle.CloseAttempts(Outcome.TIMEOUT, f"no ack within {timeout:g} s"),
             )
             moved_ids = [m.id for m in moved]
-            attempts_close_open(moved_ids, Outcome.TIMEOUT, error=f"no ack within {timeout:g} s")
             rows = list(Message.objects.filter(pk__in=moved_ids).values_list("pk", "priority"))
             transaction.on_commit(lambda rows=rows, delay=delay: messages_dispatch(rows, countdown=delay))
         handled += len(moved_ids)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from datetime import datetime
 
+from django.db import connection
 from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from apps.accounts.models import PartyKind, User
 from apps.common import clock
@@ -64,6 +68,34 @@ def inbox(recipient_id: int, kind: str = PartyKind.MOBILE) -> Q:
     if kind == PartyKind.BUSINESS:
         return Q(recipient_business_id=recipient_id)
     return Q(recipient_id=recipient_id)
+
+
+def addressed_to_claimers(claims: Mapping[uuid.UUID, tuple[str, int]]) -> Q:
+    """Return the condition for the messages of `claims` (id -> (kind, user id)) addressed to that user.
+
+    The receipts of a whole event-loop tick name hundreds of recipients: on PostgreSQL their
+    (id, recipient) pairs go as two arrays joined in one subquery, not as a condition per
+    recipient for the ORM to build and compile.
+    """
+    if connection.vendor != "postgresql":
+        own = Q()
+        for pk, (kind, user_id) in claims.items():
+            own |= inbox(user_id, kind) & Q(pk=pk)
+        return own
+    ids, owners, business = [], [], []
+    for pk, (kind, user_id) in claims.items():
+        ids.append(pk)
+        owners.append(user_id)
+        business.append(kind == PartyKind.BUSINESS)
+    table = Message._meta.db_table
+    return Q(
+        pk__in=RawSQL(
+            f"SELECT m.id FROM unnest(%s::uuid[], %s::bigint[], %s::boolean[]) AS c(id, owner, business)"
+            f' JOIN "{table}" AS m ON m.id = c.id AND c.owner ='
+            " CASE WHEN c.business THEN m.recipient_business_id ELSE m.recipient_id END",
+            (ids, owners, business),
+        )
+    )
 
 
 def with_parties(messages: QuerySet[Message]) -> QuerySet[Message]:

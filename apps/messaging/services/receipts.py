@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import Q
 
 from apps.accounts.models import PartyKind
 
@@ -18,11 +17,7 @@ from ..models import (
     Outcome,
     Status,
 )
-from ..selectors import (
-    inbox,
-    parse_uuid,
-)
-from .attempts import attempts_close_open
+from ..selectors import addressed_to_claimers, parse_uuid
 from .deliver import backlog_enqueue
 from .policy import strict_ordering
 
@@ -69,19 +64,15 @@ def receipts_apply(receipts: list[Receipt]) -> list[uuid.UUID]:
     moved_ids: list[uuid.UUID] = []
     with transaction.atomic():
         for target in (Status.DELIVERED, Status.READ):
-            by_claimer: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
-            for pk, claimer in claimed.get(target, {}).items():
-                by_claimer[claimer].append(pk)
-            if not by_claimer:
+            if not claimed.get(target):
                 continue
             # Ownership is part of the compare-and-set: another recipient's ids match nothing.
-            own = Q()
-            for (kind, recipient_id), ids in by_claimer.items():
-                own |= inbox(recipient_id, kind) & Q(pk__in=ids)
-            moved = lifecycle.transition(Message.objects.filter(own), to=target)
+            moved = lifecycle.transition(
+                Message.objects.filter(addressed_to_claimers(claimed[target])),
+                to=target,
+                close_attempts=lifecycle.CloseAttempts(Outcome.ACKED),
+            )
             moved_ids += [m.id for m in moved]
-        if moved_ids:
-            attempts_close_open(moved_ids, Outcome.ACKED)
         if moved_ids and strict_ordering():
             owners = {
                 claimer for by_id in claimed.values() for pk, claimer in by_id.items() if pk in set(moved_ids)

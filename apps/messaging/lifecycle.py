@@ -204,9 +204,16 @@ def _move_in_one_statement(
     """Lock (in id order), compare and update the rows of `messages` in one statement (PostgreSQL).
 
     The CTE locks the candidates in primary-key order, so concurrent bulk transitions cannot
-    deadlock; its status condition is re-checked on each row's latest version once locked, so
-    this is a compare-and-set; the update returns each row's previous status from the CTE. The
-    moved messages' open attempts are closed by a second CTE of the same statement.
+    deadlock, and reads each one's latest status once locked; the update moves those whose
+    status may reach `to`, so this is a compare-and-set, and returns each row's previous
+    status from the CTE. The moved messages' open attempts are closed by a second CTE of the
+    same statement.
+
+    The candidates are collected first, as an array (an init plan), and found by primary key
+    from it; the status is not a condition of that scan. With `id IN (subquery) AND status =
+    ANY(…)` the planner may start from the partial index of undelivered messages instead, and
+    probe the subquery once per undelivered row: with a fresh table's guessed statistics it
+    did (a tick's 224 acks took 1.1 s against 5,500 undelivered messages, not 2 ms).
     """
     table = Message._meta.db_table
     try:
@@ -218,12 +225,12 @@ def _move_in_one_statement(
     update_sql, update_params = update.get_compiler(connection=connection).as_sql()
     returned = ", ".join(f'"{table}"."{column}"' for column in _RETURNED)
     sql = (
-        f'WITH claim AS (SELECT id, status FROM "{table}" WHERE id IN ({inner_sql})'
-        " AND status = ANY(%s) ORDER BY id FOR UPDATE), "
-        f'moved AS ({update_sql} FROM claim WHERE "{table}"."id" = claim.id'
+        f'WITH claim AS (SELECT id, status FROM "{table}" WHERE id = ANY(ARRAY({inner_sql}))'
+        " ORDER BY id FOR UPDATE), "
+        f'moved AS ({update_sql} FROM claim WHERE "{table}"."id" = claim.id AND claim.status = ANY(%s)'
         f" RETURNING {returned}, claim.status AS previous)"
     )
-    params = [*inner_params, list(sources), *update_params]
+    params = [*inner_params, *update_params, list(sources)]
     if close_attempts is not None:
         sql += (
             f', closed AS (UPDATE "{DeliveryAttempt._meta.db_table}" AS a SET outcome = %s, error = %s'

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from django.db import connection
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import BooleanField, Count, Prefetch, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from apps.accounts.models import PartyKind, User
@@ -82,20 +82,30 @@ def addressed_to_claimers(claims: Mapping[uuid.UUID, tuple[str, int]]) -> Q:
         for pk, (kind, user_id) in claims.items():
             own |= inbox(user_id, kind) & Q(pk=pk)
         return own
-    ids, owners, business = [], [], []
+    ids: list[uuid.UUID] = []
+    owned: dict[str, tuple[list[uuid.UUID], list[int]]] = {
+        "recipient_id": ([], []),
+        "recipient_business_id": ([], []),
+    }
     for pk, (kind, user_id) in claims.items():
         ids.append(pk)
+        pks, owners = owned["recipient_business_id" if kind == PartyKind.BUSINESS else "recipient_id"]
+        pks.append(pk)
         owners.append(user_id)
-        business.append(kind == PartyKind.BUSINESS)
+    # The ids lead (the rows are found by primary key); each row's recipient must then be its
+    # claimer: a hashed lookup of the (id, recipient) pairs.
     table = Message._meta.db_table
-    return Q(
-        pk__in=RawSQL(
-            f"SELECT m.id FROM unnest(%s::uuid[], %s::bigint[], %s::boolean[]) AS c(id, owner, business)"
-            f' JOIN "{table}" AS m ON m.id = c.id AND c.owner ='
-            " CASE WHEN c.business THEN m.recipient_business_id ELSE m.recipient_id END",
-            (ids, owners, business),
-        )
-    )
+    sql = [f'"{table}"."id" = ANY(%s::uuid[])']
+    params: list[object] = [ids]
+    ownership = []
+    for column, (pks, owners) in owned.items():
+        if pks:
+            ownership.append(
+                f'("{table}"."id", "{table}"."{column}") IN (SELECT * FROM unnest(%s::uuid[], %s::bigint[]))'
+            )
+            params += [pks, owners]
+    sql.append(f"({' OR '.join(ownership)})")
+    return Q(RawSQL(" AND ".join(sql), params, output_field=BooleanField()))
 
 
 def with_parties(messages: QuerySet[Message]) -> QuerySet[Message]:

@@ -10,7 +10,8 @@ from django.db import connection
 from django.db.models import Count, Prefetch, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
-from apps.accounts.models import PartyKind, User
+from apps.accounts.models import User
+from apps.accounts.party import Party
 from apps.common import clock
 from apps.common.ids import parse_uuid
 
@@ -63,15 +64,15 @@ def message_get_for_sender(*, sender: User, message_id: object) -> Message | Non
     )
 
 
-def inbox(recipient_id: int, kind: str = PartyKind.MOBILE) -> Q:
-    """Return the condition for the messages addressed to a user of `kind` (its seq stream)."""
-    if kind == PartyKind.BUSINESS:
-        return Q(recipient_business_id=recipient_id)
-    return Q(recipient_id=recipient_id)
+def inbox(recipient: Party) -> Q:
+    """Return the condition for the messages addressed to `recipient` (its seq stream)."""
+    if recipient.is_mobile:
+        return Q(recipient_id=recipient.id)
+    return Q(recipient_business_id=recipient.id)
 
 
-def addressed_to_claimers(claims: Mapping[uuid.UUID, tuple[str, int]]) -> Q:
-    """Return the condition for the messages of `claims` (id -> (kind, user id)) addressed to that user.
+def addressed_to_claimers(claims: Mapping[uuid.UUID, Party]) -> Q:
+    """Return the condition for the messages of `claims` (id -> claiming party) addressed to that party.
 
     The receipts of a whole event-loop tick name hundreds of recipients: on PostgreSQL their
     (id, recipient) pairs go as two arrays joined in one subquery, not as a condition per
@@ -79,14 +80,14 @@ def addressed_to_claimers(claims: Mapping[uuid.UUID, tuple[str, int]]) -> Q:
     """
     if connection.vendor != "postgresql":
         own = Q()
-        for pk, (kind, user_id) in claims.items():
-            own |= inbox(user_id, kind) & Q(pk=pk)
+        for pk, claimer in claims.items():
+            own |= inbox(claimer) & Q(pk=pk)
         return own
     ids, owners, business = [], [], []
-    for pk, (kind, user_id) in claims.items():
+    for pk, claimer in claims.items():
         ids.append(pk)
-        owners.append(user_id)
-        business.append(kind == PartyKind.BUSINESS)
+        owners.append(claimer.id)
+        business.append(not claimer.is_mobile)
     table = Message._meta.db_table
     return Q(
         pk__in=RawSQL(
@@ -103,13 +104,11 @@ def with_parties(messages: QuerySet[Message]) -> QuerySet[Message]:
     return messages.select_related("sender", "sender_mobile").prefetch_related("attachments")
 
 
-def undelivered_for_recipient(
-    *, recipient_id: int, after_seq: int = 0, kind: str = PartyKind.MOBILE
-) -> QuerySet[Message]:
+def undelivered_for_recipient(*, recipient: Party, after_seq: int = 0) -> QuerySet[Message]:
     """Return the recipient's undelivered, unexpired messages after `after_seq`, in seq order."""
     now = clock.now()
     return with_parties(
-        Message.objects.filter(inbox(recipient_id, kind), status__in=UNDELIVERED, seq__gt=after_seq)
+        Message.objects.filter(inbox(recipient), status__in=UNDELIVERED, seq__gt=after_seq)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         .order_by("seq")
     )
@@ -117,9 +116,8 @@ def undelivered_for_recipient(
 
 def has_earlier_undelivered(*, message: Message) -> bool:
     """Return whether the recipient has an undelivered message before `message` (strict mode)."""
-    kind, recipient_id = message.recipient_party
     return Message.objects.filter(
-        inbox(recipient_id, kind), seq__lt=message.seq, status__in=UNDELIVERED
+        inbox(message.recipient_party), seq__lt=message.seq, status__in=UNDELIVERED
     ).exists()
 
 
@@ -131,8 +129,8 @@ def dead_letters_visible_to(*, user: User) -> QuerySet[DeadLetter]:
     return qs
 
 
-def pending_recipients_due(*, limit: int) -> list[tuple[str, int]]:
-    """Return recipients, as (kind, id), that have `pending` messages due for another try."""
+def pending_recipients_due(*, limit: int) -> list[Party]:
+    """Return the recipients that have `pending` messages due for another try."""
     now = clock.now()
     pairs = (
         Message.objects.filter(status=Status.PENDING)
@@ -142,8 +140,7 @@ def pending_recipients_due(*, limit: int) -> list[tuple[str, int]]:
         .distinct()[:limit]
     )
     return [
-        (PartyKind.MOBILE, mobile) if mobile is not None else (PartyKind.BUSINESS, business)
-        for mobile, business in pairs
+        Party.mobile(mobile) if mobile is not None else Party.business(business) for mobile, business in pairs
     ]
 
 

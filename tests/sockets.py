@@ -16,6 +16,7 @@ from channels.layers import get_channel_layer
 
 from apps.accounts import presence
 from apps.accounts.models import PartyKind
+from apps.accounts.party import Party
 from apps.common import bridge
 
 _inboxes: dict[str, queue.Queue] = {}
@@ -29,7 +30,7 @@ def socket_open(user_id: int, kind: str = PartyKind.MOBILE) -> str:
 
     async def join() -> str:
         channel = await layer.new_channel("test-socket.")
-        await layer.group_add(bridge.party_group(kind, user_id), channel)
+        await layer.group_add(Party(kind, user_id).group, channel)
 
         async def read() -> None:
             while True:
@@ -40,7 +41,7 @@ def socket_open(user_id: int, kind: str = PartyKind.MOBILE) -> str:
 
     channel = bridge.run(join())
     _inboxes[channel] = inbox
-    presence.connection_seen(user_id=user_id, channel_name=channel, kind=kind)
+    presence.connection_seen(party=Party(kind, user_id), channel_name=channel)
     return channel
 
 

@@ -83,8 +83,3 @@ def group_send_many(events: list[tuple[str, dict]]) -> list[BaseException | None
         raise
     guard.record(ok=not any(outcomes))
     return outcomes
-
-
-def party_group(kind: str, user_id: int) -> str:
-    """Return the group of every open connection of a user: `mobile.<id>` or `business.<id>`."""
-    return f"{kind}.{user_id}"

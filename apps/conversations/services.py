@@ -16,6 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from apps.accounts.models import MobileUser, PartyKind, User
+from apps.accounts.party import Party
 from apps.messaging.errors import RecipientNotFound
 from apps.messaging.models import Kind, Message
 from apps.messaging.selectors import parse_uuid
@@ -118,7 +119,7 @@ def conversation_mark_read(*, conversation_id: object, reader: User | MobileUser
     ids = list(unread.values_list("pk", flat=True))
     if not ids:
         return 0
-    return len(messages_mark_read(recipient_id=reader.pk, message_ids=ids, kind=side))
+    return len(messages_mark_read(recipient=Party(side, reader.pk), message_ids=ids))
 
 
 def conversation_archive(*, conversation_id: object, participant: User | MobileUser) -> Conversation:

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from apps.accounts import presence
 from apps.accounts.models import MobileUser
+from apps.accounts.party import Party
 from apps.common import metrics
 from apps.common.backoff import retry_delay
 from apps.common.redis import redis_client
@@ -156,7 +157,7 @@ def push_window_close(*, recipient_id: int, now: datetime | None = None) -> str:
     if newest is None:
         PushHold.objects.filter(mobile_user_id=recipient_id).delete()
         return "nothing"  # everything was acked (or failed) meanwhile
-    if presence.is_online(recipient_id):
+    if presence.is_online(Party.mobile(recipient_id)):
         return "online"  # the backlog delivery takes it from here
     preferences = selectors.preferences_for(mobile_user_id=recipient_id)
     if not preferences.allows_push(now, urgent=selectors.has_urgent(undelivered)):

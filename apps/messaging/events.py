@@ -11,6 +11,7 @@ import logging
 from collections import defaultdict
 from datetime import datetime
 
+from apps.accounts.party import Party
 from apps.common import bridge
 
 from .frames import status_frame
@@ -29,7 +30,7 @@ def statuses_changed(changes: list[tuple[tuple[str, int], str]], *, status: str,
         frames_for[author].append(status_frame(message_id=message_id, status=status, at=_iso(at)))
     for (kind, user_id), frames in frames_for.items():
         try:
-            bridge.group_send(bridge.party_group(kind, user_id), {"type": "deliver.frames", "frames": frames})
+            bridge.group_send(Party(kind, user_id).group, {"type": "deliver.frames", "frames": frames})
         except Exception as exc:  # noqa: BLE001 - best effort, see the module docstring
             logger.warning(
                 "realtime.status_event_failed", extra={"user": f"{kind}.{user_id}", "error": repr(exc)}

@@ -8,7 +8,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from apps.accounts.models import MobileUser, PartyKind
+from apps.accounts.models import MobileUser
+from apps.accounts.party import Party
 
 
 class Status(models.TextChoices):
@@ -276,18 +277,18 @@ class Message(models.Model):
         return f"{self.id} → {self.recipient_party} #{self.seq} ({self.status})"
 
     @property
-    def recipient_party(self) -> tuple[str, int]:
-        """Return the recipient as (PartyKind, id): whose stream `seq` counts in."""
+    def recipient_party(self) -> Party:
+        """Return the recipient: whose stream `seq` counts in."""
         if self.recipient_id is not None:
-            return PartyKind.MOBILE, self.recipient_id
-        return PartyKind.BUSINESS, self.recipient_business_id
+            return Party.mobile(self.recipient_id)
+        return Party.business(self.recipient_business_id)
 
     @property
-    def author_party(self) -> tuple[str, int]:
-        """Return the author as (PartyKind, id)."""
+    def author_party(self) -> Party:
+        """Return the author."""
         if self.sender_id is not None:
-            return PartyKind.BUSINESS, self.sender_id
-        return PartyKind.MOBILE, self.sender_mobile_id
+            return Party.business(self.sender_id)
+        return Party.mobile(self.sender_mobile_id)
 
 
 class Channel(models.TextChoices):

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from django.db.models import QuerySet
 
 from apps.accounts.models import PartyKind
-from apps.common.bridge import party_group
+from apps.accounts.party import Party
 from apps.common.transient import TRANSIENT
 from apps.media.models import Media
 from apps.media.serializers import attachment_payload
@@ -82,11 +82,11 @@ class Row(NamedTuple):
     expires_at: datetime | None
 
     @property
-    def party(self) -> tuple[str, int]:
-        """Return the recipient as (kind, id): whose stream `seq` counts in."""
+    def party(self) -> Party:
+        """Return the recipient: whose stream `seq` counts in (a new Party each call)."""
         if self.recipient_id is not None:
-            return PartyKind.MOBILE, self.recipient_id
-        return PartyKind.BUSINESS, self.recipient_business_id
+            return Party.mobile(self.recipient_id)
+        return Party.business(self.recipient_business_id)
 
     @property
     def recipient_is_active(self) -> bool:
@@ -172,7 +172,7 @@ def encode(delivery_rows: list[Row]) -> tuple[list[Outgoing], dict[uuid.UUID, Ex
     for r in delivery_rows:
         try:
             attachments = [attachment_payload(media) for media in media_of.get(r.pk, [])]
-            frames.append(Outgoing(r.pk, party_group(*r.party), encode_frame(payload(r, attachments))))
+            frames.append(Outgoing(r.pk, r.party.group, encode_frame(payload(r, attachments))))
         except TRANSIENT:
             raise  # storage or network trouble, not the row's data: the task retries
         except Exception as exc:  # noqa: BLE001 - any other error of this row's data is this row's

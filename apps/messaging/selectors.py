@@ -10,7 +10,8 @@ from django.db import connection
 from django.db.models import BooleanField, Count, Prefetch, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
-from apps.accounts.models import PartyKind, User
+from apps.accounts.models import User
+from apps.accounts.party import Party
 from apps.common import clock
 from apps.common.ids import parse_uuid
 
@@ -63,35 +64,36 @@ def message_get_for_sender(*, sender: User, message_id: object) -> Message | Non
     )
 
 
-def inbox(recipient_id: int, kind: str = PartyKind.MOBILE) -> Q:
-    """Return the condition for the messages addressed to a user of `kind` (its seq stream)."""
-    if kind == PartyKind.BUSINESS:
-        return Q(recipient_business_id=recipient_id)
-    return Q(recipient_id=recipient_id)
+def inbox(recipient: Party) -> Q:
+    """Return the condition for the messages addressed to `recipient` (its seq stream)."""
+    if recipient.is_mobile:
+        return Q(recipient_id=recipient.id)
+    return Q(recipient_business_id=recipient.id)
 
 
-def addressed_to_claimers(claims: Mapping[uuid.UUID, tuple[str, int]]) -> Q:
-    """Return the condition for the messages of `claims` (id -> (kind, user id)) addressed to that user.
+def addressed_to_claimers(claims: Mapping[uuid.UUID, Party]) -> Q:
+    """Return the condition for the messages of `claims` (id -> claiming party) addressed to that party.
 
-    The receipts of a whole event-loop tick name hundreds of recipients: on PostgreSQL their
-    (id, recipient) pairs go as two arrays joined in one subquery, not as a condition per
-    recipient for the ORM to build and compile.
+    The receipts of a whole event-loop tick name hundreds of recipients: on PostgreSQL the ids
+    go as one array that leads (rows found by primary key), and each row's (id, recipient)
+    pair is looked up in the claimers' pairs, not a condition per recipient for the ORM to
+    build and compile.
     """
     if connection.vendor != "postgresql":
         own = Q()
-        for pk, (kind, user_id) in claims.items():
-            own |= inbox(user_id, kind) & Q(pk=pk)
+        for pk, claimer in claims.items():
+            own |= inbox(claimer) & Q(pk=pk)
         return own
     ids: list[uuid.UUID] = []
     owned: dict[str, tuple[list[uuid.UUID], list[int]]] = {
         "recipient_id": ([], []),
         "recipient_business_id": ([], []),
     }
-    for pk, (kind, user_id) in claims.items():
+    for pk, claimer in claims.items():
         ids.append(pk)
-        pks, owners = owned["recipient_business_id" if kind == PartyKind.BUSINESS else "recipient_id"]
+        pks, owners = owned["recipient_id" if claimer.is_mobile else "recipient_business_id"]
         pks.append(pk)
-        owners.append(user_id)
+        owners.append(claimer.id)
     # The ids lead (the rows are found by primary key); each row's recipient must then be its
     # claimer: a hashed lookup of the (id, recipient) pairs.
     table = Message._meta.db_table
@@ -113,13 +115,11 @@ def with_parties(messages: QuerySet[Message]) -> QuerySet[Message]:
     return messages.select_related("sender", "sender_mobile").prefetch_related("attachments")
 
 
-def undelivered_for_recipient(
-    *, recipient_id: int, after_seq: int = 0, kind: str = PartyKind.MOBILE
-) -> QuerySet[Message]:
+def undelivered_for_recipient(*, recipient: Party, after_seq: int = 0) -> QuerySet[Message]:
     """Return the recipient's undelivered, unexpired messages after `after_seq`, in seq order."""
     now = clock.now()
     return with_parties(
-        Message.objects.filter(inbox(recipient_id, kind), status__in=UNDELIVERED, seq__gt=after_seq)
+        Message.objects.filter(inbox(recipient), status__in=UNDELIVERED, seq__gt=after_seq)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         .order_by("seq")
     )
@@ -127,9 +127,8 @@ def undelivered_for_recipient(
 
 def has_earlier_undelivered(*, message: Message) -> bool:
     """Return whether the recipient has an undelivered message before `message` (strict mode)."""
-    kind, recipient_id = message.recipient_party
     return Message.objects.filter(
-        inbox(recipient_id, kind), seq__lt=message.seq, status__in=UNDELIVERED
+        inbox(message.recipient_party), seq__lt=message.seq, status__in=UNDELIVERED
     ).exists()
 
 
@@ -141,8 +140,8 @@ def dead_letters_visible_to(*, user: User) -> QuerySet[DeadLetter]:
     return qs
 
 
-def pending_recipients_due(*, limit: int) -> list[tuple[str, int]]:
-    """Return recipients, as (kind, id), that have `pending` messages due for another try."""
+def pending_recipients_due(*, limit: int) -> list[Party]:
+    """Return the recipients that have `pending` messages due for another try."""
     now = clock.now()
     pairs = (
         Message.objects.filter(status=Status.PENDING)
@@ -152,8 +151,7 @@ def pending_recipients_due(*, limit: int) -> list[tuple[str, int]]:
         .distinct()[:limit]
     )
     return [
-        (PartyKind.MOBILE, mobile) if mobile is not None else (PartyKind.BUSINESS, business)
-        for mobile, business in pairs
+        Party.mobile(mobile) if mobile is not None else Party.business(business) for mobile, business in pairs
     ]
 
 

@@ -10,6 +10,7 @@ import logging
 
 from celery import shared_task
 
+from apps.accounts.party import Party
 from apps.common.logging import correlation_context
 from apps.common.transient import TRANSIENT
 
@@ -38,8 +39,9 @@ def deliver_message(message_id: str, correlation_id: str = "") -> str:
 
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=8)
-def deliver_backlog(recipient_id: int, kind: str = "mobile") -> int:
-    return services.recipient_deliver_backlog(recipient_id=recipient_id, kind=kind)
+def deliver_backlog(recipient_id: int, kind: str) -> int:
+    # Plain arguments for the broker's JSON; Party refuses an unknown kind.
+    return services.recipient_deliver_backlog(recipient=Party(kind, recipient_id))
 
 
 @shared_task(acks_late=True)

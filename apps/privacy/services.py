@@ -14,7 +14,8 @@ import logging
 from django.db import transaction
 from django.db.models import Q
 
-from apps.accounts.models import MobileUser, PartyKind, User
+from apps.accounts.models import MobileUser, User
+from apps.accounts.party import Party
 from apps.accounts.services import tokens_revoke
 from apps.audit.services import audit_record
 from apps.common import bridge
@@ -94,7 +95,7 @@ def _close_sockets(mobile_user_id: int) -> None:
     """Tell every open socket of the user, in any web process, to close."""
     try:
         bridge.group_send(
-            bridge.party_group(PartyKind.MOBILE, mobile_user_id),
+            Party.mobile(mobile_user_id).group,
             {"type": "session.close", "code": CLOSE_ERASED},
         )
     except Exception as exc:  # noqa: BLE001 - the tokens are gone; nothing new reaches the user

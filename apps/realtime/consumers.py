@@ -18,9 +18,9 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from apps.accounts import presence
-from apps.accounts.models import MobileUser, PartyKind, User
+from apps.accounts.models import MobileUser, User
+from apps.accounts.party import Party
 from apps.common import metrics
-from apps.common.bridge import party_group
 from apps.common.errors import DomainError
 from apps.common.logging import correlation_context
 from apps.conversations.models import ConversationStatus
@@ -98,9 +98,8 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_TRY_AGAIN_LATER if unavailable else CLOSE_UNAUTHENTICATED)
             return
         self.principal = principal
-        self.kind = principal.party_kind
-        self.user_id = principal.pk
-        self.group = party_group(self.kind, principal.pk)
+        self.party = Party.of(principal)
+        self.group = self.party.group
         metrics.websocket_connections(1)
         self.catchup_ids: set[str] = set()
         # Ids this connection's client acknowledged, oldest first (at most ACKED_MEMORY).
@@ -136,18 +135,14 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         return True
 
     def _forget_connection(self) -> None:
-        presence.connection_closed(user_id=self.user_id, channel_name=self.channel_name, kind=self.kind)
-        if not presence.is_online(self.user_id, self.kind):
+        presence.connection_closed(party=self.party, channel_name=self.channel_name)
+        if not presence.is_online(self.party):
             # Unacked frames died with the socket: make them due again for the next connection.
-            services.messages_release_unacked(
-                recipient_ids=[self.user_id], reason="connection closed", kind=self.kind
-            )
+            services.messages_release_unacked(recipients=[self.party], reason="connection closed")
 
     async def _beat(self) -> None:
         self.last_beat = time.monotonic()
-        await in_pool(presence.connection_seen)(
-            user_id=self.user_id, channel_name=self.channel_name, kind=self.kind
-        )
+        await in_pool(presence.connection_seen)(party=self.party, channel_name=self.channel_name)
 
     async def _catch_up(self) -> None:
         """Send every undelivered message in seq order before anything newer."""
@@ -155,7 +150,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         chunk = settings.MESSAGING_CATCHUP_CHUNK
         while True:
             frames, last_seq = await in_db_pool(services.catchup_chunk)(
-                recipient_id=self.user_id, after_seq=after_seq, limit=chunk, kind=self.kind
+                recipient=self.party, after_seq=after_seq, limit=chunk
             )
             for outgoing in frames:
                 if outgoing.pk is not None:  # None: a `skip` frame, nothing to deduplicate
@@ -198,7 +193,9 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
             return True
         self.refusals.append(now)
         if len(self.refusals) == self.refusals.maxlen and now - self.refusals[0] < FLOOD_WINDOW_SECONDS:
-            logger.warning("websocket.flooding", extra={"kind": self.kind, "user_id": self.user_id})
+            logger.warning(
+                "websocket.flooding", extra={"kind": self.party.kind.value, "user_id": self.party.id}
+            )
             await self.close(code=CLOSE_FLOODING)
             return False
         await self._error(
@@ -237,7 +234,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
             )
             return
         target = Status.DELIVERED if kind == "ack" else Status.READ
-        await receipt_apply(services.Receipt(self.kind, self.user_id, target, ids))
+        await receipt_apply(services.Receipt(self.party, target, ids))
         self._remember_acked(ids)
 
     def _remember_acked(self, ids: list) -> None:
@@ -311,9 +308,9 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         status, business_id, mobile_id = state
         if status == ConversationStatus.CLOSED:
             return "conversation_closed"
-        if self.kind == PartyKind.BUSINESS:
-            return party_group(PartyKind.MOBILE, mobile_id)
-        return party_group(PartyKind.BUSINESS, business_id)
+        if self.party.is_mobile:
+            return Party.business(business_id).group
+        return Party.mobile(mobile_id).group
 
     async def _error(self, code: str, detail: str, **extra) -> None:
         await self.send_json({"type": "error", "code": code, "detail": detail, **extra})
@@ -339,7 +336,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
                     continue
                 await self.send(text_data=message["frame"])
             if acked_again:
-                await receipt_apply(services.Receipt(self.kind, self.user_id, Status.DELIVERED, acked_again))
+                await receipt_apply(services.Receipt(self.party, Status.DELIVERED, acked_again))
             logger.debug("frames.written", extra={"count": len(event["messages"])})
 
     async def deliver_frames(self, event: dict) -> None:

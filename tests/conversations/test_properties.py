@@ -28,6 +28,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from apps.accounts.models import PartyKind
+from apps.accounts.party import Party
 from apps.conversations import services
 from apps.conversations.errors import ConversationClosed
 from apps.conversations.models import OPEN, Conversation, ConversationStatus
@@ -129,7 +130,10 @@ def test_a_message_is_chat_exactly_when_it_belongs_to_a_conversation(ops, db):
             else:
                 # A chat message goes between exactly the conversation's two participants.
                 parties = {m.author_party, m.recipient_party}
-                assert parties == {(BUSINESS, m.conversation.business_id), (MOBILE, m.conversation.mobile_id)}
+                assert parties == {
+                    Party.business(m.conversation.business_id),
+                    Party.mobile(m.conversation.mobile_id),
+                }
 
         # The database keeps the rule for any row, however it is written.
         some_chat = next((m for m in messages if m.kind == Kind.CHAT), None)
@@ -307,11 +311,13 @@ class Chat:
             # One receipt naming messages of both conversations, as a business socket sends.
             picked = random.Random(arg).sample(self.messages, k=min(len(self.messages), 4))
             messaging.messages_mark_read(
-                recipient_id=self.business.pk, message_ids=[m.pk for m in picked], kind=BUSINESS
+                recipient=Party(BUSINESS, self.business.pk), message_ids=[m.pk for m in picked]
             )
         elif op == "release":
             ids = [c.business_id if side == BUSINESS else c.mobile_id for c in self.conversations]
-            messaging.messages_release_unacked(recipient_ids=ids, reason="connection closed", kind=side)
+            messaging.messages_release_unacked(
+                recipients=[Party(side, i) for i in ids], reason="connection closed"
+            )
         elif op == "ack_timeout_sweep":
             messaging.sweep_ack_timeouts()
         elif op == "expire_sweep":
@@ -328,19 +334,18 @@ class Chat:
     def _apply_to_message(self, op: str, message: Message | None) -> None:
         if message is None:
             return
-        kind, recipient_id = message.recipient_party
-        author_kind, author_id = message.author_party
+        recipient, author = message.recipient_party, message.author_party
         if op == "write":
             messaging.messages_mark_sent([message.pk])
         elif op == "deliver":
             messaging.message_deliver(message_id=message.pk)  # nobody is online: pending
         elif op == "ack":
-            messaging.messages_acknowledge(recipient_id=recipient_id, message_ids=[message.pk], kind=kind)
+            messaging.messages_acknowledge(recipient=recipient, message_ids=[message.pk])
         elif op == "read":
-            messaging.messages_mark_read(recipient_id=recipient_id, message_ids=[message.pk], kind=kind)
+            messaging.messages_mark_read(recipient=recipient, message_ids=[message.pk])
         elif op == "read_by_author":
             # Not the author's to read: ignored.
-            messaging.messages_mark_read(recipient_id=author_id, message_ids=[message.pk], kind=author_kind)
+            messaging.messages_mark_read(recipient=author, message_ids=[message.pk])
         elif op == "fail":
             messaging.messages_fail(Message.objects.filter(pk=message.pk), reason="permanent error")
         elif op == "requeue":
@@ -389,7 +394,7 @@ def test_unread_counters_stay_exact_when_threads_read_and_send_at_once(redis, se
             else:
                 mine = Message.objects.filter(conversation=conversation, **inbox_of(conversation, side))
                 ids = list(mine.exclude(status=Status.READ).values_list("pk", flat=True)[:2])
-                messaging.messages_mark_read(recipient_id=me.pk, message_ids=ids, kind=side)
+                messaging.messages_mark_read(recipient=Party(side, me.pk), message_ids=ids)
 
     def deliverer() -> None:
         for i in range(rounds):
@@ -466,8 +471,7 @@ def test_both_sides_can_always_write_to_an_open_conversation(ops, db):
             elif op == "read_one":
                 m = Message.objects.filter(kind=Kind.CHAT).exclude(status=Status.READ).first()
                 if m is not None:
-                    kind, recipient_id = m.recipient_party
-                    messaging.messages_mark_read(recipient_id=recipient_id, message_ids=[m.pk], kind=kind)
+                    messaging.messages_mark_read(recipient=m.recipient_party, message_ids=[m.pk])
 
             open_now = list(Conversation.objects.filter(business=business, mobile=mobile, status__in=OPEN))
             assert len(open_now) <= 1
@@ -484,7 +488,7 @@ def _assert_both_sides_can_write(conversation: Conversation) -> None:
         assert after.status == ACTIVE
         assert after.last_message_id == sent[-1].pk
         assert [m.recipient_party for m in sent] == [
-            (MOBILE, conversation.mobile_id),
-            (BUSINESS, conversation.business_id),
+            Party.mobile(conversation.mobile_id),
+            Party.business(conversation.business_id),
         ]
         transaction.set_rollback(True)

@@ -13,6 +13,7 @@ from functools import partial
 import pytest
 
 from apps.accounts.models import MobileUser, User
+from apps.accounts.party import Party
 from apps.conversations import services
 from apps.conversations.errors import ConversationClosed, ConversationNotFound, OneWayNotAnswerable
 from apps.conversations.models import Conversation, ConversationStatus
@@ -277,7 +278,7 @@ def test_mark_read_reads_only_the_readers_messages_and_zeroes_its_counter(conver
     business, mobile = conversation.business, conversation.mobile
     to_mobile = [send(conversation, business) for _ in range(3)]
     to_business = [send(conversation, mobile) for _ in range(2)]
-    messaging.messages_acknowledge(recipient_id=mobile.pk, message_ids=[to_mobile[0].pk])
+    messaging.messages_acknowledge(recipient=Party.mobile(mobile.pk), message_ids=[to_mobile[0].pk])
 
     read = services.conversation_mark_read(conversation_id=conversation.pk, reader=mobile)
 
@@ -318,19 +319,19 @@ def test_counters_follow_sends_and_per_message_reads_not_acks(conversation):
     to_business = [send(conversation, mobile) for _ in range(2)]
     assert counters(conversation) == (2, 3)
 
-    messaging.messages_acknowledge(recipient_id=mobile.pk, message_ids=[m.pk for m in to_mobile])
-    messaging.messages_acknowledge(recipient_id=business.pk, message_ids=[to_business[0].pk], kind="business")
+    messaging.messages_acknowledge(recipient=Party.mobile(mobile.pk), message_ids=[m.pk for m in to_mobile])
+    messaging.messages_acknowledge(recipient=Party.business(business.pk), message_ids=[to_business[0].pk])
     assert counters(conversation) == (2, 3)  # delivered is still unread
 
-    messaging.messages_mark_read(recipient_id=mobile.pk, message_ids=[to_mobile[0].pk, to_mobile[1].pk])
-    messaging.messages_mark_read(recipient_id=business.pk, message_ids=[to_business[1].pk], kind="business")
+    messaging.messages_mark_read(
+        recipient=Party.mobile(mobile.pk), message_ids=[to_mobile[0].pk, to_mobile[1].pk]
+    )
+    messaging.messages_mark_read(recipient=Party.business(business.pk), message_ids=[to_business[1].pk])
     assert counters(conversation) == (1, 1)
 
     # Reading again, or reading the other side's messages, changes nothing.
-    messaging.messages_mark_read(recipient_id=mobile.pk, message_ids=[to_mobile[0].pk])
-    messaging.messages_mark_read(
-        recipient_id=business.pk, message_ids=[m.pk for m in to_mobile], kind="business"
-    )
+    messaging.messages_mark_read(recipient=Party.mobile(mobile.pk), message_ids=[to_mobile[0].pk])
+    messaging.messages_mark_read(recipient=Party.business(business.pk), message_ids=[m.pk for m in to_mobile])
     assert counters(conversation) == (1, 1)
     assert Message.objects.get(pk=to_mobile[2].pk).status == Status.DELIVERED
 
@@ -344,7 +345,7 @@ def test_failed_chat_message_stays_unread_until_requeued_and_read(conversation):
     assert counters(conversation) == (0, 1)
     messaging.dead_letters_requeue(dead_letters=DeadLetter.objects.filter(message=message))
     assert counters(conversation) == (0, 1)
-    messaging.messages_mark_read(recipient_id=mobile.pk, message_ids=[message.pk])
+    messaging.messages_mark_read(recipient=Party.mobile(mobile.pk), message_ids=[message.pk])
 
     assert counters(conversation) == (0, 0)
     assert Message.objects.get(pk=message.pk).status == Status.READ
@@ -356,7 +357,7 @@ def test_counters_are_per_conversation(sender, mobile_user):
     send(second, sender)
     message = send(second, sender)
 
-    messaging.messages_mark_read(recipient_id=mobile_user.pk, message_ids=[message.pk])
+    messaging.messages_mark_read(recipient=Party.mobile(mobile_user.pk), message_ids=[message.pk])
 
     assert counters(first) == (0, 0)
     assert counters(second) == (0, 1)

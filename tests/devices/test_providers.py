@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.utils import timezone
 
+from apps.accounts.party import Party
 from apps.devices import services as push
 from apps.devices.backends import Verdict
 from apps.devices.models import DeviceToken
@@ -202,7 +203,7 @@ def test_a_retry_for_a_message_delivered_meanwhile_sends_nothing(providers, mess
     push.push_send(message_id=message.pk)
     from apps.messaging import services
 
-    services.messages_acknowledge(recipient_id=message.recipient_id, message_ids=[message.pk])
+    services.messages_acknowledge(recipient=Party.mobile(message.recipient_id), message_ids=[message.pk])
 
     assert push.push_send(message_id=message.pk, device_ids=[android.pk], attempt=2).results == []
     assert len(providers.fcm.to(ANDROID)) == 1

@@ -11,6 +11,7 @@ import pytest
 from django.utils import timezone
 
 from apps.accounts import presence
+from apps.accounts.party import Party
 from apps.devices import services as push
 from apps.devices.models import DeviceToken, PushHold, PushPreferences
 from apps.devices.services import device_register, preferences_update
@@ -159,7 +160,7 @@ def test_a_trailing_push_is_dropped_when_everything_was_acked_first(
 ):
     messages = [send_offline(sender, recipient, django_capture_on_commit_callbacks) for _ in range(3)]
     push.push_window_close(recipient_id=recipient.pk)
-    services.messages_acknowledge(recipient_id=recipient.pk, message_ids=[m.pk for m in messages])
+    services.messages_acknowledge(recipient=Party.mobile(recipient.pk), message_ids=[m.pk for m in messages])
 
     assert push.push_window_trail(recipient_id=recipient.pk) == "nothing"
     assert len(providers.fcm.to(ANDROID)) == 1
@@ -169,7 +170,7 @@ def test_no_push_when_everything_was_acked_before_the_window_closed(
     providers, sender, recipient, devices, django_capture_on_commit_callbacks
 ):
     messages = [send_offline(sender, recipient, django_capture_on_commit_callbacks) for _ in range(3)]
-    services.messages_acknowledge(recipient_id=recipient.pk, message_ids=[m.pk for m in messages])
+    services.messages_acknowledge(recipient=Party.mobile(recipient.pk), message_ids=[m.pk for m in messages])
 
     assert push.push_window_close(recipient_id=recipient.pk) == "nothing"
     assert providers.fcm.received == [] and providers.apns.received == []
@@ -180,7 +181,7 @@ def test_no_push_when_the_recipient_came_back_online(
     providers, sender, recipient, devices, django_capture_on_commit_callbacks
 ):
     send_offline(sender, recipient, django_capture_on_commit_callbacks)
-    presence.connection_seen(user_id=recipient.pk, channel_name="test-socket")
+    presence.connection_seen(party=Party.mobile(recipient.pk), channel_name="test-socket")
 
     assert push.push_window_close(recipient_id=recipient.pk) == "online"
     assert providers.fcm.received == [] and providers.apns.received == []
@@ -232,7 +233,7 @@ def test_a_held_push_is_dropped_if_the_messages_were_delivered_meanwhile(
     _quiet_at_night(recipient)
     message = send_offline(sender, recipient, django_capture_on_commit_callbacks)
     push.push_window_close(recipient_id=recipient.pk, now=datetime(2026, 3, 10, 23, 0, tzinfo=PARIS))
-    services.messages_acknowledge(recipient_id=recipient.pk, message_ids=[message.pk])
+    services.messages_acknowledge(recipient=Party.mobile(recipient.pk), message_ids=[message.pk])
 
     push.push_holds_release(now=datetime(2026, 3, 11, 9, 0, tzinfo=PARIS))
 
@@ -280,10 +281,10 @@ def test_push_disabled_sends_nothing_and_the_message_is_still_delivered_on_recon
     assert not DeliveryAttempt.objects.filter(channel__in=[Channel.FCM, Channel.APNS]).exists()
 
     channel = _connect(recipient.pk)
-    assert services.recipient_deliver_backlog(recipient_id=recipient.pk) == 1
+    assert services.recipient_deliver_backlog(recipient=Party.mobile(recipient.pk)) == 1
     event = socket_receive(channel)
     assert [m["id"] for m in event["messages"]] == [str(message.pk)]
-    services.messages_acknowledge(recipient_id=recipient.pk, message_ids=[message.pk])
+    services.messages_acknowledge(recipient=Party.mobile(recipient.pk), message_ids=[message.pk])
     message.refresh_from_db()
     assert message.status == Status.DELIVERED
 
@@ -354,7 +355,9 @@ def test_connection_lost_with_unacked_messages_opens_a_push_window(
     assert queued_tasks(redis, WINDOW_TASK) == []
 
     with django_capture_on_commit_callbacks(execute=True):
-        released = services.messages_release_unacked(recipient_ids=[recipient.pk], reason="connection closed")
+        released = services.messages_release_unacked(
+            recipients=[Party.mobile(recipient.pk)], reason="connection closed"
+        )
 
     assert released == [message.pk]
     [window] = queued_tasks(redis, WINDOW_TASK)
@@ -365,5 +368,7 @@ def test_connection_lost_with_unacked_messages_opens_a_push_window(
 
 def test_releasing_nothing_opens_no_push_window(recipient, redis, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.messages_release_unacked(recipient_ids=[recipient.pk], reason="stale") == []
+        assert (
+            services.messages_release_unacked(recipients=[Party.mobile(recipient.pk)], reason="stale") == []
+        )
     assert queued_tasks(redis, WINDOW_TASK) == []

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from apps.accounts.models import User
+from apps.accounts.party import Party
 
 from .conftest import E2E
 
@@ -261,4 +262,4 @@ def test_simulator_chats_and_types_into_a_conversation(page, e2e):
 def _online(e2e: E2E, mobile) -> bool:
     from apps.accounts import presence
 
-    return presence.is_online(mobile.user.pk, mobile.user.party_kind)
+    return presence.is_online(Party(mobile.user.party_kind, mobile.user.pk))

@@ -13,6 +13,7 @@ import pytest
 
 from apps.accounts import presence
 from apps.accounts.models import PartyKind
+from apps.accounts.party import Party
 
 from .harness import MobileSocket
 
@@ -79,7 +80,9 @@ def conversation_statuses(e2e, token: str, conversation_id: str) -> dict[str, st
 
 def wait_offline(e2e, user, kind: str) -> None:
     """Wait until the server has processed the close of the user's last socket."""
-    e2e.stack.wait(lambda: not presence.is_online(user.pk, kind), timeout=TIMEOUT, what=f"{kind} offline")
+    e2e.stack.wait(
+        lambda: not presence.is_online(Party(kind, user.pk)), timeout=TIMEOUT, what=f"{kind} offline"
+    )
 
 
 def wait_pending(e2e, token: str, conversation_id: str, ids: list[str]) -> None:

@@ -29,6 +29,7 @@ from django.db.models import Count
 from websockets.sync.client import connect as ws_connect
 
 from apps.accounts import presence
+from apps.accounts.party import Party
 from apps.devices.models import DeviceToken
 from apps.media.models import Media, MediaStatus, MediaType
 from apps.messaging.models import DeadLetter, DeliveryAttempt, Message, Outcome, Status
@@ -447,7 +448,11 @@ def test_socket_that_does_not_read_loses_nothing_and_crashes_nothing(e2e, apps_)
     stack = e2e.stack
     sender, mobile = e2e.sender(), e2e.mobile()
     raw, _conn = _stalled_socket(stack, mobile.token)
-    stack.wait(lambda: presence.is_online(mobile.user.pk), timeout=10, what="the stalled socket to be online")
+    stack.wait(
+        lambda: presence.is_online(Party.mobile(mobile.user.pk)),
+        timeout=10,
+        what="the stalled socket to be online",
+    )
 
     body = {
         "messages": [

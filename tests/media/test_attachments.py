@@ -11,6 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from apps.accounts.models import MobileUser
+from apps.accounts.party import Party
 from apps.media import tasks
 from apps.media.models import Media, MediaStatus
 from apps.messaging import services as messaging
@@ -86,7 +87,7 @@ def test_frame_lists_attachments_and_thumbnails_once_ready(sender_client, sender
         sender=sender, recipient_phone_number=mobile_user.phone_number, content="hi", attachment_ids=[image]
     )
 
-    [processing] = message_payload(undelivered_for_recipient(recipient_id=mobile_user.pk).get())[
+    [processing] = message_payload(undelivered_for_recipient(recipient=Party.mobile(mobile_user.pk)).get())[
         "attachments"
     ]
     assert set(processing) == ATTACHMENT_FIELDS
@@ -98,7 +99,9 @@ def test_frame_lists_attachments_and_thumbnails_once_ready(sender_client, sender
     assert processing["url"]
 
     tasks.make_thumbnails.apply(args=[image])
-    [ready] = message_payload(undelivered_for_recipient(recipient_id=mobile_user.pk).get())["attachments"]
+    [ready] = message_payload(undelivered_for_recipient(recipient=Party.mobile(mobile_user.pk)).get())[
+        "attachments"
+    ]
     assert set(ready["thumbnails"]) == {"small", "medium", "large"}
     assert len({ready["url"], *ready["thumbnails"].values()}) == 4
 
@@ -110,7 +113,7 @@ def test_catch_up_frames_carry_attachments(sender_client, sender, mobile_user):
     )
     messaging.message_send(sender=sender, recipient_phone_number=mobile_user.phone_number, content="y")
 
-    frames, _ = messaging.catchup_chunk(recipient_id=mobile_user.pk, after_seq=0, limit=10)
+    frames, _ = messaging.catchup_chunk(recipient=Party.mobile(mobile_user.pk), after_seq=0, limit=10)
     payloads = [json.loads(outgoing.frame)["message"] for outgoing in frames]
 
     assert [[a["id"] for a in p["attachments"]] for p in payloads] == [[document], []]
@@ -224,7 +227,7 @@ def test_failed_attach_frees_the_idempotency_key(sender_client, other_sender_cli
 def test_frames_and_lists_need_no_query_per_message(sender_client, sender, mobile_user):
     def frames_queries() -> int:
         with CaptureQueriesContext(connection) as ctx:
-            [message_payload(m) for m in undelivered_for_recipient(recipient_id=mobile_user.pk)]
+            [message_payload(m) for m in undelivered_for_recipient(recipient=Party.mobile(mobile_user.pk))]
         return len(ctx.captured_queries)
 
     def list_queries() -> int:

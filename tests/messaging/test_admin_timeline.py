@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 from django.urls import reverse
 
+from apps.accounts.party import Party
 from apps.devices.models import DeviceToken
 from apps.devices.services import push_send
 from apps.messaging import lifecycle, services, timeline
@@ -36,8 +37,8 @@ def test_a_delivered_message_shows_its_whole_history_in_time_order(admin_client,
     push_send(message_id=message.pk)
     # Online again: written to the socket, acked, read.
     services.messages_mark_sent([message.pk])
-    services.messages_acknowledge(recipient_id=message.recipient_id, message_ids=[message.pk])
-    services.messages_mark_read(recipient_id=message.recipient_id, message_ids=[message.pk])
+    services.messages_acknowledge(recipient=Party.mobile(message.recipient_id), message_ids=[message.pk])
+    services.messages_mark_read(recipient=Party.mobile(message.recipient_id), message_ids=[message.pk])
 
     events = timeline_of(admin_client, message)
 
@@ -101,7 +102,7 @@ def broadcast(db, redis):
         cursor = services.broadcast_expand_chunk(broadcast_id=made.pk, after=cursor)
     first, second, _ = Message.objects.filter(broadcast=made).order_by("recipient_id")
     services.messages_mark_sent([first.pk, second.pk])
-    services.messages_acknowledge(recipient_id=first.recipient_id, message_ids=[first.pk])
+    services.messages_acknowledge(recipient=Party.mobile(first.recipient_id), message_ids=[first.pk])
     services.messages_fail(Message.objects.filter(pk=second.pk), reason="gone", attempt_outcome=Outcome.ERROR)
     made.refresh_from_db()
     return made

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from apps.accounts import presence
 from apps.accounts.models import PartyKind
+from apps.accounts.party import Party
 from apps.common import breaker as breakers
 from apps.common.breaker import CircuitOpen
 from apps.conversations.services import conversation_message_send
@@ -67,7 +68,7 @@ def test_chunk_sends_each_online_recipient_one_event_in_seq_order_and_holds_offl
         messages[2].pk: Outcome.SENT,
     }
     # The offline recipient's push window opened (push_schedule after commit).
-    assert report.offline_recipients == [("mobile", stranger.pk)]
+    assert report.offline_recipients == [Party.mobile(stranger.pk)]
 
 
 def _connect_business(user_id: int) -> str:
@@ -97,7 +98,7 @@ def test_chunk_delivers_chat_to_online_business_users_and_holds_offline_ones_wit
     assert [m["sender"]["type"] for m in event_payloads(event)] == ["mobile", "mobile"]
     assert _receive(desk, timeout=0.3) is None
     assert _statuses(messages) == [Status.SENT, Status.PENDING, Status.SENT]
-    assert report.offline_recipients == [("business", other_sender.pk)]
+    assert report.offline_recipients == [Party.business(other_sender.pk)]
     assert pushes == []  # business users have no devices to wake
 
 
@@ -180,7 +181,7 @@ def test_breaker_opens_on_a_failing_channel_layer_and_messages_sent_meanwhile_ar
     for r in recipients:
         # Presence lives in the (working) Redis; only the layer is unreachable.
 
-        presence.connection_seen(user_id=r.pk, channel_name=f"sock-{r.pk}")
+        presence.connection_seen(party=Party.mobile(r.pk), channel_name=f"sock-{r.pk}")
     guard = breakers.breaker(breakers.CHANNEL_LAYER)
 
     # Ten real failed sends through the unreachable layer open the breaker.
@@ -208,7 +209,7 @@ def test_breaker_opens_on_a_failing_channel_layer_and_messages_sent_meanwhile_ar
     time.sleep(0.55)
     assert guard.state() == "half_open"
     for r in recipients:
-        services.recipient_deliver_backlog(recipient_id=r.pk)
+        services.recipient_deliver_backlog(recipient=Party.mobile(r.pk))
 
     assert guard.state() == "closed"
     assert _statuses(sent_while_down) == [Status.SENT] * 12

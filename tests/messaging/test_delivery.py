@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from apps.accounts import presence
 from apps.accounts.models import MobileUser
+from apps.accounts.party import Party
 from apps.common import bridge
 from apps.media.models import Media, MediaStatus, MediaType
 from apps.messaging import outgoing, services
@@ -117,7 +118,7 @@ def test_offline_delivery_rerun_adds_no_attempt_and_changes_nothing(sender, mobi
 
 def test_stale_heartbeat_counts_as_offline(sender, mobile_user, redis, settings):
     presence.connection_seen(
-        user_id=mobile_user.pk,
+        party=Party.mobile(mobile_user.pk),
         channel_name="old",
         now=timezone.now().timestamp() - settings.PRESENCE_STALE_SECONDS - 1,
     )
@@ -226,13 +227,13 @@ def test_backlog_sends_due_pending_messages_in_seq_order(sender, mobile_user, re
         services.message_deliver(message_id=m.pk)  # offline → pending
     channel = _connect(mobile_user.pk)
 
-    assert services.recipient_deliver_backlog(recipient_id=mobile_user.pk) == 3
+    assert services.recipient_deliver_backlog(recipient=Party.mobile(mobile_user.pk)) == 3
 
     event = _receive(channel)
     assert [p["seq"] for p in event_payloads(event)] == [1, 2, 3]
     assert set(Message.objects.values_list("status", flat=True)) == {Status.SENT}
     # Nothing left to send: a second run writes nothing.
-    assert services.recipient_deliver_backlog(recipient_id=mobile_user.pk) == 0
+    assert services.recipient_deliver_backlog(recipient=Party.mobile(mobile_user.pk)) == 0
     assert _receive(channel, timeout=0.3) is None
 
 
@@ -240,7 +241,7 @@ def test_backlog_for_offline_recipient_sends_nothing(sender, mobile_user, redis)
     message = _send(sender, mobile_user)
     services.message_deliver(message_id=message.pk)
 
-    assert services.recipient_deliver_backlog(recipient_id=mobile_user.pk) == 0
+    assert services.recipient_deliver_backlog(recipient=Party.mobile(mobile_user.pk)) == 0
     assert Message.objects.get(pk=message.pk).status == Status.PENDING
 
 
@@ -256,7 +257,9 @@ def sent_message(sender, mobile_user, online) -> Message:
 
 
 def test_ack_marks_delivered_and_closes_the_attempt(sent_message, mobile_user):
-    acked = services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[str(sent_message.pk)])
+    acked = services.messages_acknowledge(
+        recipient=Party.mobile(mobile_user.pk), message_ids=[str(sent_message.pk)]
+    )
 
     assert acked == [sent_message.pk]
     sent_message.refresh_from_db()
@@ -267,10 +270,12 @@ def test_ack_marks_delivered_and_closes_the_attempt(sent_message, mobile_user):
 
 
 def test_ack_is_idempotent(sent_message, mobile_user):
-    services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[str(sent_message.pk)])
+    services.messages_acknowledge(recipient=Party.mobile(mobile_user.pk), message_ids=[str(sent_message.pk)])
     before = Message.objects.filter(pk=sent_message.pk).values().get()
 
-    again = services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[str(sent_message.pk)])
+    again = services.messages_acknowledge(
+        recipient=Party.mobile(mobile_user.pk), message_ids=[str(sent_message.pk)]
+    )
 
     assert again == []
     assert Message.objects.filter(pk=sent_message.pk).values().get() == before
@@ -281,29 +286,32 @@ def test_ack_of_another_recipients_message_is_ignored(sender, sent_message, stra
     theirs = MessageFactory(sender=sender, recipient=stranger, status=Status.SENT)
 
     acked = services.messages_acknowledge(
-        recipient_id=mobile_user.pk, message_ids=[str(theirs.pk), str(sent_message.pk)]
+        recipient=Party.mobile(mobile_user.pk), message_ids=[str(theirs.pk), str(sent_message.pk)]
     )
 
     assert acked == [sent_message.pk]
     assert Message.objects.get(pk=theirs.pk).status == Status.SENT
-    assert services.messages_mark_read(recipient_id=mobile_user.pk, message_ids=[str(theirs.pk)]) == []
+    assert (
+        services.messages_mark_read(recipient=Party.mobile(mobile_user.pk), message_ids=[str(theirs.pk)])
+        == []
+    )
     assert Message.objects.get(pk=theirs.pk).status == Status.SENT
 
 
 @pytest.mark.parametrize("bad", ["nope", "", None, 42, {"id": 1}, ["x"], "12345678-1234"])
 def test_malformed_ids_are_ignored(bad, sent_message, mobile_user):
     acked = services.messages_acknowledge(
-        recipient_id=mobile_user.pk, message_ids=[bad, str(sent_message.pk)]
+        recipient=Party.mobile(mobile_user.pk), message_ids=[bad, str(sent_message.pk)]
     )
 
     assert acked == [sent_message.pk]
-    assert services.messages_mark_read(recipient_id=mobile_user.pk, message_ids=[bad]) == []
+    assert services.messages_mark_read(recipient=Party.mobile(mobile_user.pk), message_ids=[bad]) == []
 
 
 def test_read_without_ack_sets_delivered_too(sent_message, mobile_user):
-    assert services.messages_mark_read(recipient_id=mobile_user.pk, message_ids=[sent_message.pk]) == [
-        sent_message.pk
-    ]
+    assert services.messages_mark_read(
+        recipient=Party.mobile(mobile_user.pk), message_ids=[sent_message.pk]
+    ) == [sent_message.pk]
 
     sent_message.refresh_from_db()
     assert sent_message.status == Status.READ
@@ -312,12 +320,15 @@ def test_read_without_ack_sets_delivered_too(sent_message, mobile_user):
 
 
 def test_read_after_ack_keeps_delivered_at_and_read_is_idempotent(sent_message, mobile_user):
-    services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[sent_message.pk])
+    services.messages_acknowledge(recipient=Party.mobile(mobile_user.pk), message_ids=[sent_message.pk])
     delivered_at = Message.objects.get(pk=sent_message.pk).delivered_at
 
-    services.messages_mark_read(recipient_id=mobile_user.pk, message_ids=[sent_message.pk])
+    services.messages_mark_read(recipient=Party.mobile(mobile_user.pk), message_ids=[sent_message.pk])
     read_at = Message.objects.get(pk=sent_message.pk).read_at
-    assert services.messages_mark_read(recipient_id=mobile_user.pk, message_ids=[sent_message.pk]) == []
+    assert (
+        services.messages_mark_read(recipient=Party.mobile(mobile_user.pk), message_ids=[sent_message.pk])
+        == []
+    )
 
     stored = Message.objects.get(pk=sent_message.pk)
     assert (stored.status, stored.delivered_at, stored.read_at) == (Status.READ, delivered_at, read_at)
@@ -325,10 +336,13 @@ def test_read_after_ack_keeps_delivered_at_and_read_is_idempotent(sent_message, 
 
 
 def test_ack_after_read_does_not_move_back(sent_message, mobile_user):
-    services.messages_mark_read(recipient_id=mobile_user.pk, message_ids=[sent_message.pk])
+    services.messages_mark_read(recipient=Party.mobile(mobile_user.pk), message_ids=[sent_message.pk])
     before = Message.objects.filter(pk=sent_message.pk).values().get()
 
-    assert services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[sent_message.pk]) == []
+    assert (
+        services.messages_acknowledge(recipient=Party.mobile(mobile_user.pk), message_ids=[sent_message.pk])
+        == []
+    )
 
     assert Message.objects.filter(pk=sent_message.pk).values().get() == before
 
@@ -336,19 +350,22 @@ def test_ack_after_read_does_not_move_back(sent_message, mobile_user):
 def test_ack_of_failed_message_does_not_revive_it(sent_message, mobile_user):
     services.messages_fail(Message.objects.filter(pk=sent_message.pk), reason="gave up")
 
-    assert services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[sent_message.pk]) == []
+    assert (
+        services.messages_acknowledge(recipient=Party.mobile(mobile_user.pk), message_ids=[sent_message.pk])
+        == []
+    )
 
     assert Message.objects.get(pk=sent_message.pk).status == Status.FAILED
 
 
 def test_ack_overtaking_release_still_delivers(sent_message, mobile_user):
     """A connection dropped (sent → pending) but the device had acked: the ack wins."""
-    services.messages_release_unacked(recipient_ids=[mobile_user.pk], reason="connection closed")
+    services.messages_release_unacked(recipients=[Party.mobile(mobile_user.pk)], reason="connection closed")
     assert Message.objects.get(pk=sent_message.pk).status == Status.PENDING
 
-    assert services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[sent_message.pk]) == [
-        sent_message.pk
-    ]
+    assert services.messages_acknowledge(
+        recipient=Party.mobile(mobile_user.pk), message_ids=[sent_message.pk]
+    ) == [sent_message.pk]
     assert Message.objects.get(pk=sent_message.pk).status == Status.DELIVERED
 
 
@@ -370,15 +387,15 @@ def test_strict_mode_holds_the_next_message_until_the_first_is_acked(strict, sen
     assert _receive(online, timeout=0.3) is None
     assert Message.objects.get(pk=second.pk).status == Status.PENDING
     # While the first is in flight the backlog sends nothing.
-    assert services.recipient_deliver_backlog(recipient_id=mobile_user.pk) == 0
+    assert services.recipient_deliver_backlog(recipient=Party.mobile(mobile_user.pk)) == 0
     assert _receive(online, timeout=0.3) is None
 
-    services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[first.pk])
+    services.messages_acknowledge(recipient=Party.mobile(mobile_user.pk), message_ids=[first.pk])
 
-    assert services.recipient_deliver_backlog(recipient_id=mobile_user.pk) == 1
+    assert services.recipient_deliver_backlog(recipient=Party.mobile(mobile_user.pk)) == 1
     assert _delivered_ids(_receive(online)) == [str(second.pk)]
     assert Message.objects.get(pk=second.pk).status == Status.SENT
-    assert services.recipient_deliver_backlog(recipient_id=mobile_user.pk) == 0
+    assert services.recipient_deliver_backlog(recipient=Party.mobile(mobile_user.pk)) == 0
 
 
 def test_strict_mode_backlog_sends_one_at_a_time(strict, sender, mobile_user, redis):
@@ -389,11 +406,11 @@ def test_strict_mode_backlog_sends_one_at_a_time(strict, sender, mobile_user, re
 
     sent_order = []
     for _ in messages:
-        assert services.recipient_deliver_backlog(recipient_id=mobile_user.pk) == 1
+        assert services.recipient_deliver_backlog(recipient=Party.mobile(mobile_user.pk)) == 1
         [message_id] = _delivered_ids(_receive(channel))
         sent_order.append(message_id)
-        assert services.recipient_deliver_backlog(recipient_id=mobile_user.pk) == 0
-        services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[message_id])
+        assert services.recipient_deliver_backlog(recipient=Party.mobile(mobile_user.pk)) == 0
+        services.messages_acknowledge(recipient=Party.mobile(mobile_user.pk), message_ids=[message_id])
 
     assert sent_order == [str(m.pk) for m in messages]
     assert set(Message.objects.values_list("status", flat=True)) == {Status.DELIVERED}
@@ -427,7 +444,7 @@ def test_ack_arriving_before_the_task_returns_finds_the_attempt_recorded(
 
     def send_then_ack(events):
         outcomes = real_send(events)
-        services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[str(message.pk)])
+        services.messages_acknowledge(recipient=Party.mobile(mobile_user.pk), message_ids=[str(message.pk)])
         return outcomes
 
     monkeypatch.setattr(bridge, "group_send_many", send_then_ack)
@@ -443,7 +460,7 @@ def test_a_failed_group_send_returns_only_its_recipients_messages_to_pending(
     sender, mobile_user, stranger, redis, monkeypatch
 ):
     for user in (mobile_user, stranger):
-        presence.connection_seen(user_id=user.pk, channel_name=f"test.{user.pk}")
+        presence.connection_seen(party=Party.mobile(user.pk), channel_name=f"test.{user.pk}")
     first, second = _send(sender, mobile_user), _send(sender, stranger)
     real_send = bridge.group_send_many
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from apps.accounts.party import Party
 from apps.messaging import services
 from apps.messaging.models import Message
 from tests.factories import MobileUserFactory
@@ -29,11 +30,15 @@ def test_sends_acks_reads_and_failures_are_counted_once_each(anonymous_client, s
         ],
     )
     ids = [str(m.pk) for m in messages]
-    services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=ids[:2])
-    services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=ids[:2])  # a repeat moves nothing
-    services.messages_mark_read(recipient_id=mobile_user.pk, message_ids=ids[:1])
+    services.messages_acknowledge(recipient=Party.mobile(mobile_user.pk), message_ids=ids[:2])
+    services.messages_acknowledge(
+        recipient=Party.mobile(mobile_user.pk), message_ids=ids[:2]
+    )  # a repeat moves nothing
+    services.messages_mark_read(recipient=Party.mobile(mobile_user.pk), message_ids=ids[:1])
     services.messages_fail(Message.objects.filter(pk=messages[2].pk), reason="expired")
-    services.messages_acknowledge(recipient_id=mobile_user.pk + 1000, message_ids=ids[3:])  # not its own
+    services.messages_acknowledge(
+        recipient=Party.mobile(mobile_user.pk + 1000), message_ids=ids[3:]
+    )  # not its own
 
     after = scrape(anonymous_client)
 

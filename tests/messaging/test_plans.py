@@ -16,6 +16,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from apps.accounts.party import Party
 from apps.messaging import lifecycle
 from apps.messaging.models import Message, Status
 from apps.messaging.services import receipts
@@ -90,7 +91,7 @@ def _assert_bounded(plan: list[tuple[str, int]], named: int) -> None:
 
 def test_a_tick_of_acks_touches_the_acked_rows_not_every_undelivered_one(undelivered, mobile_user):
     acked = undelivered[:NAMED]
-    receipt = receipts.Receipt("mobile", mobile_user.pk, Status.DELIVERED, [str(pk) for pk in acked])
+    receipt = receipts.Receipt(Party.of(mobile_user), Status.DELIVERED, [str(pk) for pk in acked])
 
     plan = _transition_plan(lambda: receipts.receipts_apply([receipt]))
 

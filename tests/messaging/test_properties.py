@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from apps.accounts.party import Party
 from apps.messaging import relay, services
 from apps.messaging.models import DeadLetter, Message, Status
 from tests.factories import MessageFactory
@@ -102,7 +103,7 @@ def _apply(
         services.sweep_ack_timeouts()
         return
     if op == "release_unacked":
-        services.messages_release_unacked(recipient_ids=[recipient_id], reason="connection closed")
+        services.messages_release_unacked(recipients=[Party.mobile(recipient_id)], reason="connection closed")
         return
     if op == "relay":
         relay.relay_round()
@@ -113,7 +114,7 @@ def _apply(
     if op in ("ack_all", "read_all"):
         ids = [str(m.pk) for m in messages] + [str(stranger_message_id)]
         apply = services.messages_acknowledge if op == "ack_all" else services.messages_mark_read
-        apply(recipient_id=recipient_id, message_ids=ids)
+        apply(recipient=Party.mobile(recipient_id), message_ids=ids)
         return
     pk = messages[index].pk
     if op == "send":
@@ -121,9 +122,9 @@ def _apply(
     elif op == "deliver":
         services.message_deliver(message_id=pk)
     elif op == "ack":
-        services.messages_acknowledge(recipient_id=recipient_id, message_ids=[str(pk)])
+        services.messages_acknowledge(recipient=Party.mobile(recipient_id), message_ids=[str(pk)])
     elif op == "read":
-        services.messages_mark_read(recipient_id=recipient_id, message_ids=[str(pk)])
+        services.messages_mark_read(recipient=Party.mobile(recipient_id), message_ids=[str(pk)])
     elif op == "fail":
         services.messages_fail(Message.objects.filter(pk=pk), reason="permanent error")
     elif op == "expire":

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from apps.accounts.party import Party
 from apps.messaging import services
 from apps.messaging.models import Message, Status
 from apps.messaging.services import Receipt, receipts_apply
@@ -30,8 +31,8 @@ def test_receipts_of_several_recipients_apply_in_one_call(sent, mobile_user, str
 
     moved = receipts_apply(
         [
-            Receipt("mobile", mobile_user.pk, Status.DELIVERED, [str(m.pk) for m in mine]),
-            Receipt("mobile", stranger.pk, Status.READ, [str(theirs[0].pk)]),
+            Receipt(Party.mobile(mobile_user.pk), Status.DELIVERED, [str(m.pk) for m in mine]),
+            Receipt(Party.mobile(stranger.pk), Status.READ, [str(theirs[0].pk)]),
         ]
     )
 
@@ -51,10 +52,12 @@ def test_a_receipt_for_someone_elses_message_in_a_batch_changes_nothing_of_it(se
     moved = receipts_apply(
         [
             Receipt(
-                "mobile", mobile_user.pk, Status.READ, [str(theirs[0].pk), "not-a-uuid", str(uuid.uuid4())]
+                Party.mobile(mobile_user.pk),
+                Status.READ,
+                [str(theirs[0].pk), "not-a-uuid", str(uuid.uuid4())],
             ),
             # The right id under the wrong kind of recipient is not its own either.
-            Receipt("business", stranger.pk, Status.DELIVERED, [str(theirs[1].pk)]),
+            Receipt(Party.business(stranger.pk), Status.DELIVERED, [str(theirs[1].pk)]),
         ]
     )
 
@@ -67,8 +70,8 @@ def test_ack_and_read_of_one_message_in_one_batch_end_read_whatever_the_order(se
 
     receipts_apply(
         [
-            Receipt("mobile", mobile_user.pk, Status.READ, [message.pk]),
-            Receipt("mobile", mobile_user.pk, Status.DELIVERED, [message.pk]),
+            Receipt(Party.mobile(mobile_user.pk), Status.READ, [message.pk]),
+            Receipt(Party.mobile(mobile_user.pk), Status.DELIVERED, [message.pk]),
         ]
     )
 
@@ -79,8 +82,8 @@ def test_ack_and_read_of_one_message_in_one_batch_end_read_whatever_the_order(se
 
 def test_replayed_receipts_move_nothing(sent, mobile_user):
     ids = [m.pk for m in sent[mobile_user.pk]]
-    assert len(services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=ids)) == 2
+    assert len(services.messages_acknowledge(recipient=Party.mobile(mobile_user.pk), message_ids=ids)) == 2
     before = _statuses()
 
-    assert receipts_apply([Receipt("mobile", mobile_user.pk, Status.DELIVERED, ids)] * 3) == []
+    assert receipts_apply([Receipt(Party.mobile(mobile_user.pk), Status.DELIVERED, ids)] * 3) == []
     assert _statuses() == before

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from apps.accounts.party import Party
 from apps.devices.services import push_window_close
 from apps.messaging import relay, services
 from apps.messaging.errors import MessageNotCancelable
@@ -317,7 +318,7 @@ def test_catch_up_explains_a_canceled_seq_with_a_skip_frame_in_seq_order(sender,
         schedule.message_cancel(sender=sender, message_id=message.pk)
     assert delivered.seq == 1
 
-    frames, last = services.catchup_chunk(recipient_id=mobile_user.pk, after_seq=0, limit=10)
+    frames, last = services.catchup_chunk(recipient=Party.mobile(mobile_user.pk), after_seq=0, limit=10)
 
     assert [f.frame for f in frames] == [
         '{"type":"skip","seq":2}',
@@ -333,7 +334,7 @@ def test_a_skip_below_the_newest_delivered_message_is_not_sent_again(sender, mob
     schedule.message_cancel(sender=sender, message_id=canceled.pk)
     MessageFactory(sender=sender, recipient=mobile_user, status=Status.DELIVERED)  # seq 2: seen
 
-    frames, _ = services.catchup_chunk(recipient_id=mobile_user.pk, after_seq=0, limit=10)
+    frames, _ = services.catchup_chunk(recipient=Party.mobile(mobile_user.pk), after_seq=0, limit=10)
 
     assert frames == []
 
@@ -345,7 +346,9 @@ def test_chunked_catch_up_sends_each_skip_once(sender, mobile_user, redis):
 
     seen, after = [], 0
     while True:
-        frames, after = services.catchup_chunk(recipient_id=mobile_user.pk, after_seq=after, limit=2)
+        frames, after = services.catchup_chunk(
+            recipient=Party.mobile(mobile_user.pk), after_seq=after, limit=2
+        )
         seen += [f.frame for f in frames]
         if after is None:
             break
@@ -413,13 +416,13 @@ def _real_step(sender, recipient, messages: list[Message], op: str, index: int |
     elif op == "ack_timeout_sweep":
         services.sweep_ack_timeouts()
     elif op == "release_unacked":
-        services.messages_release_unacked(recipient_ids=[recipient.pk], reason="connection closed")
+        services.messages_release_unacked(recipients=[Party.mobile(recipient.pk)], reason="connection closed")
     elif op == "relay":
         relay.relay_round()
     elif op == "send":
         services.messages_mark_sent([ids[index]])
     elif op == "ack":
-        services.messages_acknowledge(recipient_id=recipient.pk, message_ids=[str(ids[index])])
+        services.messages_acknowledge(recipient=Party.mobile(recipient.pk), message_ids=[str(ids[index])])
     elif op == "cancel":
         with contextlib.suppress(MessageNotCancelable):
             schedule.message_cancel(sender=sender, message_id=ids[index])

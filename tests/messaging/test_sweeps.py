@@ -11,6 +11,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts import presence
+from apps.accounts.party import Party
+from apps.conversations.services import conversation_message_send
 from apps.messaging import relay, services
 from apps.messaging.models import (
     Channel,
@@ -23,7 +25,7 @@ from apps.messaging.models import (
     Status,
 )
 from tests.concurrency import run_together
-from tests.factories import MessageFactory, MobileUserFactory, SenderFactory
+from tests.factories import ConversationFactory, MessageFactory, MobileUserFactory, SenderFactory
 from tests.messaging.test_send import dispatched_ids, queued_tasks
 
 BACKLOG_TASK = "apps.messaging.tasks.deliver_backlog"
@@ -156,7 +158,7 @@ def test_message_is_sent_seven_times_then_dead_lettered(sender, mobile_user, set
 
 def test_ack_racing_the_timeout_wins_when_first(sender, mobile_user):
     message = _sent(sender, mobile_user)
-    services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[message.pk])
+    services.messages_acknowledge(recipient=Party.mobile(mobile_user.pk), message_ids=[message.pk])
 
     assert services.sweep_ack_timeouts() == 0
 
@@ -231,10 +233,10 @@ def test_expiry_sweep_twice_changes_nothing_the_second_time(sender, mobile_user)
 def test_stale_connection_sweep_releases_only_users_without_live_connection(sender, redis, settings):
     old = time.time() - settings.PRESENCE_STALE_SECONDS - 5
     gone, alive, reconnected = MobileUserFactory(), MobileUserFactory(), MobileUserFactory()
-    presence.connection_seen(user_id=gone.pk, channel_name="gone-1", now=old)
-    presence.connection_seen(user_id=alive.pk, channel_name="alive-1")
-    presence.connection_seen(user_id=reconnected.pk, channel_name="reconnected-old", now=old)
-    presence.connection_seen(user_id=reconnected.pk, channel_name="reconnected-new")
+    presence.connection_seen(party=Party.mobile(gone.pk), channel_name="gone-1", now=old)
+    presence.connection_seen(party=Party.mobile(alive.pk), channel_name="alive-1")
+    presence.connection_seen(party=Party.mobile(reconnected.pk), channel_name="reconnected-old", now=old)
+    presence.connection_seen(party=Party.mobile(reconnected.pk), channel_name="reconnected-new")
     lost = _sent(sender, gone, next_attempt_at=timezone.now() + timedelta(seconds=30))
     gone_delivered = MessageFactory(sender=sender, recipient=gone, status=Status.DELIVERED)
     kept = [
@@ -256,14 +258,32 @@ def test_stale_connection_sweep_releases_only_users_without_live_connection(send
     assert _rows() == before
 
 
+def test_stale_connection_sweep_tells_a_business_user_from_the_mobile_user_with_its_id(db, redis, settings):
+    old = time.time() - settings.PRESENCE_STALE_SECONDS - 5
+    twin, customer = MobileUserFactory(), MobileUserFactory()
+    desk = SenderFactory(pk=twin.pk)  # the same id in the other id space
+    presence.connection_seen(party=Party.of(desk), channel_name="desk-1", now=old)
+    presence.connection_seen(party=Party.of(twin), channel_name="twin-1")
+    question = conversation_message_send(
+        conversation_id=ConversationFactory(business=desk, mobile=customer).pk, author=customer, content="?"
+    )
+    services.messages_mark_sent([question.pk])
+    to_twin = _sent(desk, twin, next_attempt_at=timezone.now() + timedelta(seconds=30))
+
+    assert services.sweep_stale_connections() == 1
+
+    assert Message.objects.get(pk=question.pk).status == Status.PENDING
+    assert Message.objects.get(pk=to_twin.pk).status == Status.SENT  # its mobile twin is still online
+
+
 def test_stale_connection_sweep_drops_old_records(mobile_user, redis, settings):
     ancient = time.time() - settings.PRESENCE_RECORD_TTL_SECONDS - 5
-    presence.connection_seen(user_id=mobile_user.pk, channel_name="ancient", now=ancient)
+    presence.connection_seen(party=Party.mobile(mobile_user.pk), channel_name="ancient", now=ancient)
 
     services.sweep_stale_connections()
 
     assert redis.zcard(presence.CONNECTIONS) == 0
-    assert not presence.is_online(mobile_user.pk)
+    assert not presence.is_online(Party.mobile(mobile_user.pk))
 
 
 # --- pending ----------------------------------------------------------------------------------
@@ -272,7 +292,7 @@ def test_stale_connection_sweep_drops_old_records(mobile_user, redis, settings):
 def test_pending_sweep_dispatches_backlog_only_for_online_recipients_with_due_messages(sender, redis):
     due_online, offline, waiting_online = MobileUserFactory(), MobileUserFactory(), MobileUserFactory()
     for user in (due_online, waiting_online):
-        presence.connection_seen(user_id=user.pk, channel_name=f"socket-{user.pk}")
+        presence.connection_seen(party=Party.mobile(user.pk), channel_name=f"socket-{user.pk}")
     MessageFactory(sender=sender, recipient=due_online, status=Status.PENDING, next_attempt_at=None)
     MessageFactory(sender=sender, recipient=due_online, status=Status.PENDING, next_attempt_at=_past())
     MessageFactory(sender=sender, recipient=offline, status=Status.PENDING, next_attempt_at=None)

@@ -8,6 +8,7 @@ from django.test import Client
 from django.urls import reverse
 
 from apps.accounts.models import ApiToken, MobileUser
+from apps.accounts.party import Party
 from apps.accounts.selectors import principal_cache_clear
 from apps.accounts.services import token_create
 from apps.audit.models import AuditEntry
@@ -40,7 +41,7 @@ def data(sender, mobile_user, stranger):
         attachment_ids=[media.pk],
     )
     services.messages_mark_sent([delivered.pk])
-    services.messages_acknowledge(recipient_id=mobile_user.pk, message_ids=[delivered.pk])
+    services.messages_acknowledge(recipient=Party.mobile(mobile_user.pk), message_ids=[delivered.pk])
     pending = services.message_send(
         sender=sender, recipient_phone_number=mobile_user.phone_number, content="later"
     )

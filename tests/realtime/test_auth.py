@@ -7,6 +7,7 @@ import time
 import pytest
 
 from apps.accounts import presence
+from apps.accounts.party import Party
 from apps.accounts.services import TICKET_PREFIX, realtime_ticket_issue, token_create
 from apps.messaging import services
 from apps.messaging.models import DeliveryAttempt, Message, Status
@@ -37,8 +38,8 @@ def _presence_records(redis) -> int:
 async def test_header_token_connects_and_registers_presence(mobile_user, mobile_token, redis):
     async with mobile_socket(mobile_token) as ws:
         await round_trip(ws)
-        assert await db(presence.is_online)(mobile_user.pk)
-    assert not await db(presence.is_online)(mobile_user.pk)
+        assert await db(presence.is_online)(Party.mobile(mobile_user.pk))
+    assert not await db(presence.is_online)(Party.mobile(mobile_user.pk))
 
 
 @async_test
@@ -99,7 +100,7 @@ async def test_ticket_connects_once(mobile_user, redis):
     ticket, _ = await db(realtime_ticket_issue)(principal=mobile_user)
     async with mobile_socket(path=f"/ws/mobile/?ticket={ticket}") as ws:
         await round_trip(ws)
-        assert await db(presence.is_online)(mobile_user.pk)
+        assert await db(presence.is_online)(Party.mobile(mobile_user.pk))
     assert not redis.exists(TICKET_PREFIX + ticket)
     await assert_closed_unauthenticated(communicator(path=f"/ws/mobile/?ticket={ticket}"))
 
@@ -139,7 +140,9 @@ async def test_ticket_of_one_user_connects_as_that_user(sender, mobile_user, str
     ticket, _ = await db(realtime_ticket_issue)(principal=mobile_user)
     async with mobile_socket(path=f"/ws/mobile/?ticket={ticket}") as ws:
         await round_trip(ws)  # nothing of the stranger's arrives before the pong
-        assert await db(presence.online_user_ids)([mobile_user.pk, stranger.pk]) == {mobile_user.pk}
+        assert await db(presence.online_parties)([Party.of(mobile_user), Party.of(stranger)]) == {
+            Party.of(mobile_user)
+        }
 
 
 # --- Origin ---------------------------------------------------------------------------------

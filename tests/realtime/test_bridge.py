@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from apps.accounts.party import Party
 from apps.common import breaker as breakers
 from apps.common import bridge
 from tests.sockets import socket_open, socket_receive
@@ -22,10 +23,7 @@ def test_a_round_to_hundreds_of_groups_at_once_reaches_each_exactly_once():
     channels = [socket_open(user_id) for user_id in range(1, GROUPS + 1)]
 
     outcomes = bridge.group_send_many(
-        [
-            (bridge.party_group("mobile", user_id), {"type": "x", "n": user_id})
-            for user_id in range(1, GROUPS + 1)
-        ]
+        [(Party.mobile(user_id).group, {"type": "x", "n": user_id}) for user_id in range(1, GROUPS + 1)]
     )
 
     assert outcomes == [None] * GROUPS

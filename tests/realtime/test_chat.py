@@ -19,6 +19,7 @@ from PIL import Image
 
 from apps.accounts import presence
 from apps.accounts.models import PartyKind, User
+from apps.accounts.party import Party
 from apps.accounts.services import token_create
 from apps.conversations.models import Conversation, ConversationStatus
 from apps.conversations.services import conversation_close, conversation_message_send
@@ -155,10 +156,10 @@ def _pdf_upload(uploader):
 async def test_business_socket_with_a_sender_token_is_online_and_answers_ping(sender, sender_token, redis):
     async with business_socket(sender_token) as ws:
         await round_trip(ws)
-        assert await db(presence.is_online)(sender.pk, PartyKind.BUSINESS)
+        assert await db(presence.is_online)(Party(PartyKind.BUSINESS, sender.pk))
         # Business and mobile presence are separate: the mobile user with this id is not online.
-        assert not await db(presence.is_online)(sender.pk, PartyKind.MOBILE)
-    assert not await db(presence.is_online)(sender.pk, PartyKind.BUSINESS)
+        assert not await db(presence.is_online)(Party(PartyKind.MOBILE, sender.pk))
+    assert not await db(presence.is_online)(Party(PartyKind.BUSINESS, sender.pk))
 
 
 @async_test

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from apps.accounts import presence
 from apps.accounts.models import PartyKind
-from apps.common.bridge import party_group
+from apps.accounts.party import Party
 from apps.common.logging import correlation_context
 from apps.messaging import services
 from apps.messaging.frames import message_frame, message_payload
@@ -210,8 +210,8 @@ async def test_retry_of_a_caught_up_message_is_written_again_on_the_same_socket(
         first = await receive_messages(ws, 1)
         await round_trip(ws)
         # The stale-connection sweep gave up on the frame; the pending sweep resends it.
-        await db(services.messages_release_unacked)(recipient_ids=[mobile_user.pk], reason="stale")
-        assert await db(services.recipient_deliver_backlog)(recipient_id=mobile_user.pk) == 1
+        await db(services.messages_release_unacked)(recipients=[Party.mobile(mobile_user.pk)], reason="stale")
+        assert await db(services.recipient_deliver_backlog)(recipient=Party.mobile(mobile_user.pk)) == 1
         assert await receive_messages(ws, 1) == first
         assert await ws.receive_nothing(QUIET)
         assert await db(_state)([message.pk]) == {message.pk: Status.SENT}
@@ -230,7 +230,7 @@ async def test_strict_mode_sends_next_message_only_after_ack(
         assert _ids(await receive_messages(ws, 1)) == [str(first.pk)]
         assert await ws.receive_nothing(QUIET)
         # Nothing more goes while the first is in flight.
-        assert await db(services.recipient_deliver_backlog)(recipient_id=mobile_user.pk) == 0
+        assert await db(services.recipient_deliver_backlog)(recipient=Party.mobile(mobile_user.pk)) == 0
         assert await ws.receive_nothing(QUIET)
         assert await db(_state)([first.pk, second.pk, third.pk]) == {
             first.pk: Status.SENT,
@@ -240,7 +240,7 @@ async def test_strict_mode_sends_next_message_only_after_ack(
 
         await send_frame(ws, {"type": "ack", "message_ids": [str(first.pk)]})
         await round_trip(ws)
-        assert await db(services.recipient_deliver_backlog)(recipient_id=mobile_user.pk) == 1
+        assert await db(services.recipient_deliver_backlog)(recipient=Party.mobile(mobile_user.pk)) == 1
         assert await receive_messages(ws, 1) == await db(_payloads)([second.pk])
         assert await ws.receive_nothing(QUIET)
         assert await db(_state)([first.pk, second.pk, third.pk]) == {
@@ -267,7 +267,7 @@ async def test_strict_mode_held_live_message_goes_right_after_the_previous_ack(
         await send_frame(ws, {"type": "ack", "message_ids": [str(first.pk)]})
         await round_trip(ws)
         # Held is not a retry: nothing makes the recipient wait once the previous one is acked.
-        assert await db(services.recipient_deliver_backlog)(recipient_id=mobile_user.pk) == 1
+        assert await db(services.recipient_deliver_backlog)(recipient=Party.mobile(mobile_user.pk)) == 1
         assert _ids(await receive_messages(ws, 1)) == [str(second.pk)]
 
 
@@ -374,7 +374,7 @@ async def test_delivery_event_without_correlation_id_is_written(sender, mobile_u
     async with mobile_socket(mobile_token) as ws:
         await round_trip(ws)
         await get_channel_layer().group_send(
-            party_group(PartyKind.MOBILE, mobile_user.pk),
+            Party(PartyKind.MOBILE, mobile_user.pk).group,
             {"type": "deliver.messages", "messages": [{"id": payload["id"], "frame": encode_frame(payload)}]},
         )
         assert await receive(ws) == {"type": "message", "message": payload}
@@ -393,7 +393,7 @@ async def test_a_late_frame_for_a_message_acked_on_this_connection_is_not_writte
         # A worker's write of the same message that raced the catch-up arrives after the ack
         # (tests/e2e/test_faults.py met it): the app must not see it again.
         await get_channel_layer().group_send(
-            party_group(PartyKind.MOBILE, mobile_user.pk),
+            Party(PartyKind.MOBILE, mobile_user.pk).group,
             {"type": "deliver.messages", "messages": [{"id": payload["id"], "frame": encode_frame(payload)}]},
         )
         assert await ws.receive_nothing(QUIET)
@@ -412,13 +412,15 @@ async def test_ping_answers_pong_and_refreshes_the_heartbeat(mobile_user, mobile
     async with mobile_socket(mobile_token) as ws:
         [(channel_name, _)] = _heartbeats(redis, mobile_user.pk).items()
         old = timezone.now().timestamp() - settings.PRESENCE_STALE_SECONDS - 10
-        await db(presence.connection_seen)(user_id=mobile_user.pk, channel_name=channel_name, now=old)
-        assert not await db(presence.is_online)(mobile_user.pk)
+        await db(presence.connection_seen)(
+            party=Party.mobile(mobile_user.pk), channel_name=channel_name, now=old
+        )
+        assert not await db(presence.is_online)(Party.mobile(mobile_user.pk))
 
         await send_frame(ws, {"type": "ping"})
         assert await receive(ws) == {"type": "pong"}
 
-        assert await db(presence.is_online)(mobile_user.pk)
+        assert await db(presence.is_online)(Party.mobile(mobile_user.pk))
         assert _heartbeats(redis, mobile_user.pk)[channel_name] > old
         assert await ws.receive_nothing(QUIET)
 
@@ -624,7 +626,7 @@ async def test_many_bad_frames_in_a_row_leave_the_connection_open(mobile_user, m
         codes = [(await receive(ws))["code"] for _ in BAD_FRAMES]
         assert codes == [param.values[1] for param in BAD_FRAMES]
         await round_trip(ws)
-        assert await db(presence.is_online)(mobile_user.pk)
+        assert await db(presence.is_online)(Party.mobile(mobile_user.pk))
 
 
 # --- closing --------------------------------------------------------------------------------
@@ -639,7 +641,7 @@ async def test_closing_the_last_connection_releases_unacked_messages_to_pending(
         await receive_messages(ws, 2)
         await send_frame(ws, {"type": "ack", "message_ids": [str(acked.pk)]})
         await round_trip(ws)
-    assert not await db(presence.is_online)(mobile_user.pk)
+    assert not await db(presence.is_online)(Party.mobile(mobile_user.pk))
     assert await db(_state)([acked.pk, unacked.pk]) == {
         acked.pk: Status.DELIVERED,
         unacked.pk: Status.PENDING,
@@ -660,7 +662,7 @@ async def test_closing_one_of_two_connections_keeps_messages_in_flight(
         await receive_messages(phone, 1)
         async with mobile_socket(mobile_token) as tablet:
             await receive_messages(tablet, 1)
-        assert await db(presence.is_online)(mobile_user.pk)
+        assert await db(presence.is_online)(Party.mobile(mobile_user.pk))
         assert await db(_state)([message.pk]) == {message.pk: Status.SENT}
         assert [a[1] for a in await db(_attempts)(message.pk)] == [Outcome.SENT, Outcome.SENT]
         # The remaining connection still acks normally.

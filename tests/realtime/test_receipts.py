@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from apps.accounts.party import Party
 from apps.messaging.models import Message, Status
 from apps.messaging.services import Receipt
 from apps.realtime import receipts
@@ -41,7 +42,7 @@ async def test_concurrent_acks_of_many_sockets_are_all_recorded_in_fewer_transac
 
     await asyncio.gather(
         *(
-            receipts.receipt_apply(Receipt("mobile", m.recipient_id, Status.DELIVERED, [str(m.pk)]))
+            receipts.receipt_apply(Receipt(Party.mobile(m.recipient_id), Status.DELIVERED, [str(m.pk)]))
             for m in messages
         )
     )
@@ -64,9 +65,11 @@ async def test_a_failing_batch_fails_every_waiting_socket_and_the_next_batch_sti
 
     monkeypatch.setattr(receipts, "_apply", broken)
     with pytest.raises(ConnectionError):
-        await receipts.receipt_apply(Receipt("mobile", message.recipient_id, Status.DELIVERED, [message.pk]))
+        await receipts.receipt_apply(
+            Receipt(Party.mobile(message.recipient_id), Status.DELIVERED, [message.pk])
+        )
 
     monkeypatch.setattr(receipts, "_apply", real)
-    await receipts.receipt_apply(Receipt("mobile", message.recipient_id, Status.DELIVERED, [message.pk]))
+    await receipts.receipt_apply(Receipt(Party.mobile(message.recipient_id), Status.DELIVERED, [message.pk]))
     await db(message.refresh_from_db)()
     assert message.status == Status.DELIVERED

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from apps.accounts import presence
-from apps.accounts.models import PartyKind
+from apps.accounts.party import Party
 from apps.common import clock
 from apps.devices.services import push_schedule
 
@@ -26,8 +26,8 @@ class ChunkReport:
     failed: int = 0
     skipped: int = 0
     not_due: int = 0
-    # Recipients, as (kind, id), whose messages were held because they are offline.
-    offline_recipients: list[tuple[str, int]] = field(default_factory=list)
+    # Recipients whose messages were held because they are offline.
+    offline_recipients: list[Party] = field(default_factory=list)
 
 
 def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
@@ -71,35 +71,31 @@ def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
             report.not_due += 1
             continue
         live.append(m)
-    online = {
-        (kind, user_id)
-        for kind in PartyKind.values
-        for user_id in presence.online_user_ids((m.party[1] for m in live if m.party[0] == kind), kind=kind)
-    }
-    offline = [m for m in live if m.party not in online]
+    party_of = {m.pk: m.party for m in live}  # one Party per message, built once
+    online = presence.online_parties(set(party_of.values()))
+    offline = [m for m in live if party_of[m.pk] not in online]
     if offline:
-        report.offline_recipients = _hold_offline(offline, now=now)
+        report.offline_recipients = _hold_offline(offline, party_of, now=now)
         report.offline = len(offline)
-    report.sent = messages_write(frames_encode([m for m in live if m.party in online]))
+    report.sent = messages_write(frames_encode([m for m in live if party_of[m.pk] in online]))
     return report
 
 
-def _hold_offline(messages: list[outgoing.Row], *, now) -> list[tuple[str, int]]:
+def _hold_offline(messages: list[outgoing.Row], party_of: dict, *, now) -> list[Party]:
     """Move queued messages of offline recipients to `pending`; push to each mobile one after commit.
 
-    Return the recipients whose messages moved.
+    `party_of` maps each message id to its recipient. Return the recipients whose messages moved.
     """
-    party_of = {m.pk: m.party for m in messages}
     with transaction.atomic():
         moved = lifecycle.transition(
-            Message.objects.filter(pk__in=list(party_of), status=Status.QUEUED),
+            Message.objects.filter(pk__in=[m.pk for m in messages], status=Status.QUEUED),
             to=Status.PENDING,
             next_attempt_at=None,
         )
         moved_ids = [m.id for m in moved]
         attempts_record(moved_ids, Outcome.OFFLINE, now=now, error="recipient offline")
         recipients = sorted({party_of[pk] for pk in moved_ids})
-        for kind, recipient_id in recipients:
-            if kind == PartyKind.MOBILE:  # business users have no devices to wake
-                transaction.on_commit(lambda rid=recipient_id: push_schedule(recipient_id=rid))
+        for recipient in recipients:
+            if recipient.is_mobile:  # business users have no devices to wake
+                transaction.on_commit(lambda rid=recipient.id: push_schedule(recipient_id=rid))
     return recipients

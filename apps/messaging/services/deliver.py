@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import transaction
 
 from apps.accounts import presence
-from apps.accounts.models import PartyKind
+from apps.accounts.party import Party
 from apps.common import bridge, clock
 from apps.common.logging import get_correlation_id
 from apps.devices.services import push_schedule
@@ -52,7 +52,7 @@ def message_deliver(*, message_id: str | uuid.UUID) -> str:
     if message.expires_at and message.expires_at <= now:
         messages_fail(Message.objects.filter(pk=message.pk), reason="expired")
         return "expired"
-    kind, recipient_id = message.recipient_party
+    recipient = message.recipient_party
     if not (message.recipient or message.recipient_business).is_active:
         # Permanent: retrying cannot help, so it goes to the dead letters at once.
         messages_fail(Message.objects.filter(pk=message.pk), reason="recipient deactivated")
@@ -71,7 +71,7 @@ def message_deliver(*, message_id: str | uuid.UUID) -> str:
             next_attempt_at=None,
         )
         return "held"
-    if not presence.is_online(recipient_id, kind):
+    if not presence.is_online(recipient):
         with transaction.atomic():
             moved = lifecycle.transition(
                 Message.objects.filter(pk=message.pk, status=Status.QUEUED),
@@ -80,8 +80,8 @@ def message_deliver(*, message_id: str | uuid.UUID) -> str:
             )
             if moved:
                 attempts_record([message.pk], Outcome.OFFLINE, now=now, error="recipient offline")
-                if kind == PartyKind.MOBILE:  # business users have no devices to wake
-                    transaction.on_commit(lambda: push_schedule(recipient_id=recipient_id))
+                if recipient.is_mobile:  # business users have no devices to wake
+                    transaction.on_commit(lambda: push_schedule(recipient_id=recipient.id))
         return "offline"
     frames = frames_encode(outgoing.rows(Message.objects.filter(pk=message.pk)))
     if not frames:
@@ -90,16 +90,16 @@ def message_deliver(*, message_id: str | uuid.UUID) -> str:
     return "sent"
 
 
-def recipient_deliver_backlog(*, recipient_id: int, kind: str = PartyKind.MOBILE) -> int:
+def recipient_deliver_backlog(*, recipient: Party) -> int:
     """Write the recipient's due `pending` messages to its connections, in seq order.
 
     In strict mode only the first undelivered message goes, and only when nothing is in flight.
     Return how many were written.
     """
-    if not presence.is_online(recipient_id, kind):
+    if not presence.is_online(recipient):
         return 0
     now = clock.now()
-    undelivered = undelivered_for_recipient(recipient_id=recipient_id, kind=kind)
+    undelivered = undelivered_for_recipient(recipient=recipient)
     if strict_ordering():
         first = next(iter(outgoing.rows(undelivered[:1])), None)
         if first is None or first.status == Status.SENT:
@@ -199,9 +199,7 @@ def messages_mark_sent(message_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     return ids
 
 
-def catchup_chunk(
-    *, recipient_id: int, after_seq: int, limit: int, kind: str = PartyKind.MOBILE
-) -> tuple[list[Outgoing], int | None]:
+def catchup_chunk(*, recipient: Party, after_seq: int, limit: int) -> tuple[list[Outgoing], int | None]:
     """Claim the next chunk of the recipient's undelivered messages for a (re)connected socket.
 
     Return their encoded frames in seq order, with a `skip` frame for each canceled seq among
@@ -213,21 +211,17 @@ def catchup_chunk(
         if after_seq:
             return [], None
         limit = 1
-    batch = outgoing.rows(
-        undelivered_for_recipient(recipient_id=recipient_id, after_seq=after_seq, kind=kind)[:limit]
-    )
+    batch = outgoing.rows(undelivered_for_recipient(recipient=recipient, after_seq=after_seq)[:limit])
     # The last chunk (short) explains every canceled seq after it; a full one, those it spans.
     through = batch[-1].seq if len(batch) == limit else None
-    skips = schedule.skips_for_catchup(
-        recipient_id=recipient_id, kind=kind, after_seq=after_seq, through_seq=through
-    )
+    skips = schedule.skips_for_catchup(recipient=recipient, after_seq=after_seq, through_seq=through)
     if not batch and not skips:
         return [], None
     moved = messages_mark_sent([m.pk for m in batch])
     frames = frames_encode([m for m in batch if m.pk in moved])
     if skips:
         sent_seqs = [m.seq for m in batch if m.pk in moved]
-        frames = _with_skips(frames, sent_seqs, skips, bridge.party_group(kind, recipient_id))
+        frames = _with_skips(frames, sent_seqs, skips, recipient.group)
     # A short chunk was the last one: nothing is left to look at.
     return frames, (batch[-1].seq if through is not None else None)
 
@@ -239,12 +233,14 @@ def _with_skips(frames: list[Outgoing], seqs: list[int], skips: list[int], group
     return [frame for _, frame in sorted(items, key=lambda item: item[0])]
 
 
-def backlog_enqueue(recipient_id: int, kind: str = PartyKind.MOBILE) -> None:
+def backlog_enqueue(recipient: Party) -> None:
+    """Dispatch a backlog delivery for `recipient` (a task; failures are left to the pending sweep)."""
     from ..tasks import deliver_backlog
 
     try:
-        deliver_backlog.delay(recipient_id, kind)
+        deliver_backlog.delay(recipient.id, recipient.kind.value)
     except Exception as exc:  # noqa: BLE001 - the pending sweep will get to it
         logger.warning(
-            "message.backlog_dispatch_failed", extra={"recipient_id": recipient_id, "error": repr(exc)}
+            "message.backlog_dispatch_failed",
+            extra={"recipient_id": recipient.id, "kind": recipient.kind.value, "error": repr(exc)},
         )

@@ -9,9 +9,10 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from apps.accounts.models import PartyKind, User
+from apps.accounts.party import Party
 from apps.audit.services import audit_record
 from apps.common import clock
 from apps.devices.services import push_schedule
@@ -28,25 +29,36 @@ from ..relay import relay_notify
 logger = logging.getLogger(__name__)
 
 
-def messages_release_unacked(
-    *, recipient_ids: Iterable[int], reason: str, kind: str = PartyKind.MOBILE
-) -> list[uuid.UUID]:
+def messages_release_unacked(*, recipients: Iterable[Party], reason: str) -> list[uuid.UUID]:
     """Move recipients' `sent` messages back to `pending` (their connections are gone).
 
     The recipients are offline now, so each mobile one with a released message gets a wake-up push.
     """
-    field = "recipient_business_id__in" if kind == PartyKind.BUSINESS else "recipient_id__in"
+    ids_of: dict[PartyKind, list[int]] = {PartyKind.MOBILE: [], PartyKind.BUSINESS: []}
+    for recipient in recipients:
+        ids_of[recipient.kind].append(recipient.id)
+    addressed = Q()
+    if ids_of[PartyKind.MOBILE]:
+        addressed |= Q(recipient_id__in=ids_of[PartyKind.MOBILE])
+    if ids_of[PartyKind.BUSINESS]:
+        addressed |= Q(recipient_business_id__in=ids_of[PartyKind.BUSINESS])
+    if not addressed:
+        return []
     with transaction.atomic():
         moved = lifecycle.transition(
-            Message.objects.filter(**{field: list(recipient_ids)}, status=Status.SENT),
+            Message.objects.filter(addressed, status=Status.SENT),
             to=Status.PENDING,
             reason=reason,
             next_attempt_at=None,
             close_attempts=lifecycle.CloseAttempts(Outcome.OFFLINE, reason),
         )
         ids = [m.id for m in moved]
-        if ids and kind == PartyKind.MOBILE:
-            released_to = set(Message.objects.filter(pk__in=ids).values_list("recipient_id", flat=True))
+        if ids and ids_of[PartyKind.MOBILE]:  # business users have no devices to wake
+            released_to = set(
+                Message.objects.filter(pk__in=ids, recipient_id__isnull=False).values_list(
+                    "recipient_id", flat=True
+                )
+            )
             for recipient_id in released_to:
                 transaction.on_commit(lambda rid=recipient_id: push_schedule(recipient_id=rid))
     return ids

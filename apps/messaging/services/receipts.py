@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from apps.accounts.models import PartyKind
+from apps.accounts.party import Party
 
 from .. import lifecycle
 from ..models import (
@@ -22,26 +22,21 @@ from .deliver import backlog_enqueue
 from .policy import strict_ordering
 
 
-def messages_acknowledge(
-    *, recipient_id: int, message_ids: Iterable[object], kind: str = PartyKind.MOBILE
-) -> list[uuid.UUID]:
+def messages_acknowledge(*, recipient: Party, message_ids: Iterable[object]) -> list[uuid.UUID]:
     """Mark the recipient's messages delivered; ids that are not its own are ignored."""
-    return receipts_apply([Receipt(kind, recipient_id, Status.DELIVERED, list(message_ids))])
+    return receipts_apply([Receipt(recipient, Status.DELIVERED, list(message_ids))])
 
 
-def messages_mark_read(
-    *, recipient_id: int, message_ids: Iterable[object], kind: str = PartyKind.MOBILE
-) -> list[uuid.UUID]:
+def messages_mark_read(*, recipient: Party, message_ids: Iterable[object]) -> list[uuid.UUID]:
     """Mark the recipient's messages read (and delivered, if the ack was lost)."""
-    return receipts_apply([Receipt(kind, recipient_id, Status.READ, list(message_ids))])
+    return receipts_apply([Receipt(recipient, Status.READ, list(message_ids))])
 
 
 @dataclass(frozen=True)
 class Receipt:
     """An `ack` (target delivered) or `read` (target read) of a recipient, for its message ids."""
 
-    kind: str
-    recipient_id: int
+    recipient: Party
     target: str
     message_ids: list[object]
 
@@ -54,11 +49,11 @@ def receipts_apply(receipts: list[Receipt]) -> list[uuid.UUID]:
     hundreds of acks instead of one each. Acks go before reads: the outcome is the same as
     applying the receipts one by one, in any order, since `read` is never left.
     """
-    claimed: dict[str, dict[uuid.UUID, tuple[str, int]]] = defaultdict(dict)
+    claimed: dict[str, dict[uuid.UUID, Party]] = defaultdict(dict)
     for receipt in receipts:
         for pk in (parse_uuid(v) for v in receipt.message_ids):
             if pk is not None:
-                claimed[receipt.target][pk] = (receipt.kind, receipt.recipient_id)
+                claimed[receipt.target][pk] = receipt.recipient
     if not claimed:
         return []
     moved_ids: list[uuid.UUID] = []
@@ -77,6 +72,6 @@ def receipts_apply(receipts: list[Receipt]) -> list[uuid.UUID]:
             owners = {
                 claimer for by_id in claimed.values() for pk, claimer in by_id.items() if pk in set(moved_ids)
             }
-            for kind, recipient_id in owners:
-                transaction.on_commit(lambda k=kind, r=recipient_id: backlog_enqueue(r, k))
+            for owner in owners:
+                transaction.on_commit(lambda o=owner: backlog_enqueue(o))
     return moved_ids

@@ -25,6 +25,7 @@ from django.db import connection, transaction
 from django.db.models import Max
 
 from apps.accounts.models import User
+from apps.accounts.party import Party
 from apps.common import bridge, clock
 
 from .. import lifecycle
@@ -137,33 +138,31 @@ def skip_frame_text(seq: int) -> str:
     return json.dumps(skip_frame(seq), separators=(",", ":"))
 
 
-def announce_skips(party: tuple[str, int], seqs: list[int]) -> None:
+def announce_skips(party: Party, seqs: list[int]) -> None:
     """Tell the recipient's open sockets that `seqs` will never come (best effort, after commit)."""
     try:
-        bridge.group_send(
-            bridge.party_group(*party), {"type": "deliver.frames", "frames": [skip_frame(s) for s in seqs]}
-        )
+        bridge.group_send(party.group, {"type": "deliver.frames", "frames": [skip_frame(s) for s in seqs]})
     except Exception as exc:  # noqa: BLE001 - the next catch-up sends them again
         logger.warning("realtime.skip_event_failed", extra={"error": repr(exc)})
 
 
-def skips_for_catchup(*, recipient_id: int, kind: str, after_seq: int, through_seq: int | None) -> list[int]:
+def skips_for_catchup(*, recipient: Party, after_seq: int, through_seq: int | None) -> list[int]:
     """Return the canceled seqs in (after_seq, through_seq] a reconnecting client may still miss.
 
     Those above the recipient's newest delivered message: below it, the client has seen a later
     message already, so it was told at the time (live) or by an earlier catch-up. The first query
     uses a partial index of canceled messages and is empty in the common case.
     """
-    canceled = Message.objects.filter(inbox(recipient_id, kind), status=Status.CANCELED, seq__gt=after_seq)
+    canceled = Message.objects.filter(inbox(recipient), status=Status.CANCELED, seq__gt=after_seq)
     if through_seq is not None:
         canceled = canceled.filter(seq__lte=through_seq)
     seqs = list(canceled.order_by("seq").values_list("seq", flat=True)[:SKIPS_MAX])
     if not seqs:
         return []
     seen = (
-        Message.objects.filter(
-            inbox(recipient_id, kind), status__in=(Status.DELIVERED, Status.READ)
-        ).aggregate(top=Max("seq"))["top"]
+        Message.objects.filter(inbox(recipient), status__in=(Status.DELIVERED, Status.READ)).aggregate(
+            top=Max("seq")
+        )["top"]
         or 0
     )
     return [seq for seq in seqs if seq > seen]

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models import F
 
 from apps.accounts import presence
-from apps.accounts.models import PartyKind
+from apps.accounts.party import Party
 from apps.common import clock
 from apps.common.backoff import retries_exhausted, retry_delay
 
@@ -87,20 +87,16 @@ def sweep_pending(*, limit: int | None = None) -> int:
     from ..tasks import deliver_backlog
 
     recipients = pending_recipients_due_online(limit=limit or settings.MESSAGING_SWEEP_BATCH)
-    for kind, recipient_id in recipients:
-        deliver_backlog.delay(recipient_id, kind)
+    for recipient in recipients:
+        deliver_backlog.delay(recipient.id, recipient.kind.value)
     return len(recipients)
 
 
-def pending_recipients_due_online(*, limit: int) -> list[tuple[str, int]]:
-    """Return the recipients, as (kind, id), with due `pending` messages that are online now."""
+def pending_recipients_due_online(*, limit: int) -> list[Party]:
+    """Return the recipients with due `pending` messages that are online now."""
     candidates = pending_recipients_due(limit=limit)
-    online = {
-        (kind, uid)
-        for kind in PartyKind.values
-        for uid in presence.online_user_ids((i for k, i in candidates if k == kind), kind=kind)
-    }
-    return [pair for pair in candidates if pair in online]
+    online = presence.online_parties(candidates)
+    return [party for party in candidates if party in online]
 
 
 def sweep_expired(*, limit: int | None = None) -> int:
@@ -119,11 +115,7 @@ def sweep_expired(*, limit: int | None = None) -> int:
 def sweep_stale_connections() -> int:
     """Mark connections without a heartbeat offline and release their unacked messages."""
     offline, dropped = presence.stale_connections()
-    released: list[uuid.UUID] = []
-    for kind in PartyKind.values:
-        ids = [uid for k, uid in offline if k == kind]
-        if ids:
-            released += messages_release_unacked(recipient_ids=ids, reason="connection went stale", kind=kind)
+    released = messages_release_unacked(recipients=offline, reason="connection went stale")
     if offline or dropped:
         logger.info(
             "presence.stale_sweep",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -131,3 +132,70 @@ def first_error(errors: dict) -> str:
             value = value[0] if isinstance(value, list) else next(iter(value.values()))
         return str(value) if field == "non_field_errors" else f"{field}: {value}"
     return "Invalid frame."
+
+
+# --- Batches: the plain way first -------------------------------------------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTENT_TYPES = frozenset(ContentType.values)
+_PRIORITIES = frozenset(Priority.values)
+
+
+def _plain_text(value: object, *, max_length: int, trim: bool) -> str | None:
+    """A string as DRF's CharField takes it (None: let DRF decide, e.g. to name the problem)."""
+    if not isinstance(value, str) or "\x00" in value or (not value.isascii() and _SURROGATE.search(value)):
+        return None
+    if trim:
+        value = value.strip()
+    return value if len(value) <= max_length else None
+
+
+def _one_way_item(item: object) -> dict | None:
+    """Validate one batch item as OneWayMessageInputSerializer would; None where only DRF may."""
+    if not isinstance(item, dict) or item.get("send_at") is not None or "send_at" in item:
+        return None  # send_at is checked against the clock: DRF's field does it
+    content = _plain_text(item.get("content"), max_length=MAX_CONTENT_LENGTH, trim=False)
+    content_type = item.get("content_type", ContentType.TEXT.value)
+    phone = _plain_text(item.get("recipient_phone_number"), max_length=32, trim=True)
+    if not content or not phone or not isinstance(content_type, str) or content_type not in _CONTENT_TYPES:
+        return None
+    if "attachment_ids" in item and item["attachment_ids"] != []:
+        return None  # attachments are rare in batches: DRF checks their ids
+    subject = _plain_text(item.get("subject", ""), max_length=200, trim=True)
+    priority = item.get("priority", Priority.NORMAL.value)
+    if subject is None or not isinstance(priority, str) or priority not in _PRIORITIES:
+        return None
+    try:
+        data = {
+            "content": normalize_content(content, content_type),
+            "content_type": content_type,
+            "recipient_phone_number": normalize_phone(phone),
+            "subject": subject,
+            "priority": priority,
+        }
+    except DjangoValidationError:
+        return None
+    if "ttl_seconds" in item:
+        ttl = item["ttl_seconds"]
+        if ttl is not None and (type(ttl) is not int or not 1 <= ttl <= MAX_TTL_SECONDS):
+            return None
+        data["ttl_seconds"] = ttl
+    return data
+
+
+def one_way_items_validate(items: list) -> list[dict] | None:
+    """Validate a batch's items without DRF's per-field machinery; None if any item needs DRF.
+
+    Gives exactly what `OneWayMessageInputSerializer(data=items, many=True).validated_data`
+    would (tests/messaging/test_batch_inputs.py holds the two to it) for the common items:
+    plain strings, known choices, integer TTLs, no attachments, no send_at. Anything else, and
+    every invalid item, goes to DRF, whose answers name the problems. A batch of 1,000 took
+    about 50 ms of CPU through DRF.
+    """
+    valid = []
+    for item in items:
+        data = _one_way_item(item)
+        if data is None:
+            return None
+        valid.append(data)
+    return valid

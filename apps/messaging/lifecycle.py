@@ -234,7 +234,7 @@ def _move_in_one_statement(
     if close_attempts is not None:
         sql += (
             f', closed AS (UPDATE "{DeliveryAttempt._meta.db_table}" AS a SET outcome = %s, error = %s'
-            " FROM moved WHERE a.message_id = moved.id AND a.channel = %s AND a.outcome = %s)"
+            " WHERE a.message_id = ANY(ARRAY(SELECT id FROM moved)) AND a.channel = %s AND a.outcome = %s)"
         )
         params += [close_attempts.outcome, close_attempts.error[:500], Channel.WEBSOCKET, Outcome.SENT]
     with connection.cursor() as cursor:

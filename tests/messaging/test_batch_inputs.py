@@ -121,7 +121,7 @@ def test_an_invalid_or_unusual_item_anywhere_sends_the_whole_batch_to_drf():
 
 likely = st.fixed_dictionaries(
     {
-        "recipient_phone_number": st.sampled_from(PHONES[:3] + ["+1 415 555 0102"]),
+        "recipient_phone_number": st.sampled_from([*PHONES[:3], "+1 415 555 0102"]),
         "content": st.sampled_from(TEXTS),
     },
     optional={

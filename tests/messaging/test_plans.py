@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from apps.accounts.party import Party
 from apps.messaging import lifecycle
-from apps.messaging.models import Message, Status
+from apps.messaging.models import Channel, DeliveryAttempt, Message, Outcome, Status
 from apps.messaging.services import receipts
 
 pytestmark = pytest.mark.skipif("connection.vendor != 'postgresql'")
@@ -29,7 +29,7 @@ NAMED = 200
 
 @pytest.fixture
 def undelivered(sender, mobile_user) -> list[uuid.UUID]:
-    """UNDELIVERED sent messages of one recipient, inserted in bulk and never analyzed."""
+    """UNDELIVERED sent messages of one recipient, each with its open attempt; never analyzed."""
     now = timezone.now()
     messages = [
         Message(
@@ -44,6 +44,13 @@ def undelivered(sender, mobile_user) -> list[uuid.UUID]:
         for seq in range(1, UNDELIVERED + 1)
     ]
     Message.objects.bulk_create(messages, batch_size=2000)
+    DeliveryAttempt.objects.bulk_create(
+        [
+            DeliveryAttempt(message=m, at=now, channel=Channel.WEBSOCKET, outcome=Outcome.SENT)
+            for m in messages
+        ],
+        batch_size=2000,
+    )
     return [m.pk for m in messages]
 
 
@@ -98,6 +105,8 @@ def test_a_tick_of_acks_touches_the_acked_rows_not_every_undelivered_one(undeliv
     _assert_bounded(plan, NAMED)
     assert Message.objects.filter(pk__in=acked, status=Status.DELIVERED).count() == NAMED
     assert Message.objects.filter(status=Status.SENT).count() == UNDELIVERED - NAMED
+    assert DeliveryAttempt.objects.filter(message_id__in=acked, outcome=Outcome.ACKED).count() == NAMED
+    assert DeliveryAttempt.objects.filter(outcome=Outcome.SENT).count() == UNDELIVERED - NAMED
 
 
 def test_a_chunk_transition_by_ids_touches_its_rows_only(undelivered):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import re
 import signal
 import subprocess
 import threading
@@ -284,3 +285,53 @@ def profile_text(title: str, summary: dict) -> str:
         lines.append(f"\n## {heading}")
         lines += [f"{row['percent']:5.1f}%  {row['samples']:6d}  {row['function']}" for row in summary[key]]
     return "\n".join(lines) + "\n"
+
+
+class PgActivitySampler:
+    """Sample `pg_stat_activity` of one database every few ms: PostgreSQL's side of a profile.
+
+    py-spy sees the Python processes only. This counts, per statement shape (literals folded)
+    and wait event, how many backends were active in it on average: a statement at 1.5 keeps
+    one and a half backends busy all through the phase. It is how the transitions' bad plans
+    were found (a tick of acks probing every undelivered message).
+    """
+
+    LITERALS = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
+
+    def __init__(self, dsn: str, *, database: str, interval: float = 0.005) -> None:
+        self._dsn, self._database, self._interval = dsn, database, interval
+        self.samples = 0
+        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pg-activity", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        query = (
+            "SELECT query, coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity"
+            " WHERE datname = %s AND state = 'active' AND pid <> pg_backend_pid()"
+        )
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            while not self._stop.is_set():
+                for text, wait in conn.execute(query, [self._database]).fetchall():
+                    shape = " ".join(self.LITERALS.sub("?", text).split())[:110]
+                    self.counts[(shape, wait)] += 1
+                self.samples += 1
+                self._stop.wait(self._interval)
+
+    def stop(self) -> str:
+        """Stop sampling; return the report (active backends per statement, then per wait)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        n = max(self.samples, 1)
+        by_statement: collections.Counter[str] = collections.Counter()
+        for (shape, _), count in self.counts.items():
+            by_statement[shape] += count
+        lines = [f"# {self.samples} samples of pg_stat_activity; figures are active backends on average", ""]
+        lines += [f"{count / n:6.3f}  {shape}" for shape, count in by_statement.most_common(25)]
+        lines += ["", "## by wait event"]
+        lines += [
+            f"{count / n:6.3f}  {wait:24} {shape[:80]}"
+            for (shape, wait), count in self.counts.most_common(25)
+        ]
+        return "\n".join(lines) + "\n"

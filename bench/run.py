@@ -31,8 +31,9 @@ What it does, in order (each phase with a progress bar; all traffic on 127.0.0.1
    fails is reported failed, with the reason, and the run goes on.
 6. Prints a table (figure, value, target, ratio to the reference, pass/fail) and writes
    bench-results/: results.json (every figure), bench.png (latency CDFs, throughput over
-   time, catch-up arrivals), profile-*.txt (hottest functions) with the raw py-spy stacks, and
-   the processes' logs under run/.
+   time, catch-up arrivals), profile-*.txt (hottest functions) with the raw py-spy stacks,
+   profile-*-postgres.txt (the statements PostgreSQL was busy in, from pg_stat_activity
+   samples), and the processes' logs under run/.
 
 Senders are used round-robin so that the per-sender rate limit (enterprise 10,000/min) is not
 what is measured; every 429 or 503 is counted and shown.
@@ -66,6 +67,7 @@ from bench.clients import FleetHandle, catchup_run, fleet_main
 from bench.measure import (
     CpuMeter,
     MemorySampler,
+    PgActivitySampler,
     Profiler,
     postgres_insert_rate,
     profile_text,
@@ -605,7 +607,7 @@ def run_phase(name: str, results: dict, fn, *fn_args, meter: CpuMeter | None = N
 
 
 def profiled(args, stack: BenchStack, out: Path, label: str, profiles: dict, fn, *fn_args) -> Any:
-    """Run `fn` while py-spy samples the web and worker processes; summarise the stacks."""
+    """Run `fn` while py-spy samples the web and worker processes (PostgreSQL: its activity); summarise."""
     if not args.profile:
         return fn(*fn_args)
     assert stack.web is not None and stack.worker is not None
@@ -615,9 +617,11 @@ def profiled(args, stack: BenchStack, out: Path, label: str, profiles: dict, fn,
         proc: Profiler(pid=pid, output=out / f"profile-{label}-{proc}.raw.txt", subprocesses=children)
         for proc, (pid, children) in targets.items()
     }
+    postgres = PgActivitySampler(database_url("postgres"), database=args.database)
     try:
         return fn(*fn_args)
     finally:
+        (out / f"profile-{label}-postgres.txt").write_text(postgres.stop())
         for proc, profiler in running.items():
             if profiler.stop():
                 summary = summarize_profile(profiler.output)

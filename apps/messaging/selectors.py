@@ -77,7 +77,8 @@ def addressed_to_claimers(claims: Mapping[uuid.UUID, Party]) -> Q:
     The receipts of a whole event-loop tick name hundreds of recipients: on PostgreSQL the ids
     go as one array that leads (rows found by primary key), and each row's (id, recipient)
     pair is looked up in the claimers' pairs, not a condition per recipient for the ORM to
-    build and compile.
+    build and compile. The SQL names the message table: filter `Message.objects` with it at the
+    top level, not in a subquery (where Django would alias the table).
     """
     if connection.vendor != "postgresql":
         own = Q()

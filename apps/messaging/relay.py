@@ -15,6 +15,11 @@ its WAL flush, so concurrent sends committed one at a time (under 16 callers, 4 
 sends were waiting on `Lock:object`). A wake-up that is lost (Redis down) only costs latency:
 the relay also looks every MESSAGING_RELAY_POLL_SECONDS, which also picks up expired leases.
 
+Under a stream of single sends every commit would be a round of its own, and every round a
+chunk task of one message: a worker then spends more on the task than on the delivery. So a
+round starts at most every MESSAGING_RELAY_GATHER_SECONDS: the first commit after a quiet spell
+leaves at once, the commits that follow within the window leave together at its end.
+
 The relay runs as a thread of Celery beat (messaging_project/celery.py), one of the three
 Procfile processes. MESSAGING_RELAY_ON_COMMIT (the unit tests) also runs a round right after
 each commit that stores messages, so a test sees the delivery task as soon as its send returns.
@@ -130,6 +135,7 @@ class Relay:
     def __init__(self) -> None:
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
+        self._round_started = -float("inf")  # time.monotonic() of the last round's start
 
     def start(self) -> Relay:
         self.thread = threading.Thread(target=self._run, name="outbox-relay", daemon=True)
@@ -163,6 +169,7 @@ class Relay:
         chunk grows with the load (one message when idle, hundreds when the workers are busy)
         instead of the queue filling with chunks of one.
         """
+        self._round_started = time.monotonic()
         open_lanes = lanes_with_room()
         count = relay_round(priorities=open_lanes) if open_lanes else 0
         if count:
@@ -189,6 +196,10 @@ class Relay:
                 timeout = min(WAKE_SLICE, next_poll - time.monotonic(), _seconds_until(due_at))
                 notes = set()
                 note = subscription.get_message(timeout=max(0.0, timeout))
+                if note is not None:
+                    notes.add(note["data"])
+                    self._gather()
+                    note = subscription.get_message(timeout=0)
                 while note is not None:  # one round serves every commit announced so far
                     notes.add(note["data"])
                     note = subscription.get_message(timeout=0)
@@ -204,6 +215,12 @@ class Relay:
                     recheck = min(recheck * 2, LANE_RECHECK_MAX_SECONDS) if waiting else LANE_RECHECK_SECONDS
         finally:
             subscription.close()
+
+    def _gather(self) -> None:
+        """Wait out the rest of the gather window that the last round opened."""
+        rest = self._round_started + settings.MESSAGING_RELAY_GATHER_SECONDS - time.monotonic()
+        if rest > 0:
+            self._stop.wait(rest)
 
 
 def _promote_due() -> tuple[int, datetime | None]:

@@ -246,6 +246,8 @@ MESSAGING_DUE_SWEEP_SECONDS = env.float("MESSAGING_DUE_SWEEP_SECONDS", default=1
 MESSAGING_RELAY_BATCH = env.int("MESSAGING_RELAY_BATCH", default=2000)
 MESSAGING_RELAY_LEASE_SECONDS = env.float("MESSAGING_RELAY_LEASE_SECONDS", default=30)
 MESSAGING_RELAY_POLL_SECONDS = env.float("MESSAGING_RELAY_POLL_SECONDS", default=1)
+# A round starts at most this often: commits within the window leave together (relay.py).
+MESSAGING_RELAY_GATHER_SECONDS = env.float("MESSAGING_RELAY_GATHER_SECONDS", default=0.02)
 # Also run a relay round in the committing thread after each send (the unit tests do, to see
 # the delivery task as soon as the send returns).
 MESSAGING_RELAY_ON_COMMIT = env.bool("MESSAGING_RELAY_ON_COMMIT", default=False)

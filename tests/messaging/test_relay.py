@@ -180,3 +180,29 @@ def test_a_lane_whose_broker_queue_is_not_empty_gathers_its_messages_until_the_w
         assert len(queued_tasks(redis)) == 1  # all six gathered into one chunk
     finally:
         running.stop()
+
+
+def test_commits_within_the_gather_window_leave_together_and_the_first_leaves_at_once(
+    sender, redis, settings
+):
+    settings.MESSAGING_RELAY_POLL_SECONDS = 30
+    settings.MESSAGING_RELAY_GATHER_SECONDS = 0.5
+    users = MobileUserFactory.create_batch(4)
+    running = relay.Relay().start()
+    try:
+        time.sleep(0.6)  # listening, and the window of its first round is over
+        started = time.monotonic()
+        first = _send(sender, users[0])
+        assert _wait_dispatched(redis, 1, timeout=3) == [str(first.pk)]
+        assert time.monotonic() - started < 0.4  # a quiet system does not wait for the window
+
+        redis.delete("default")  # a worker took it
+        opened = time.monotonic()
+        later = [_send(sender, u) for u in users[1:]]
+        time.sleep(0.1)
+        assert queued_tasks(redis) == []  # within the window: gathering
+        assert sorted(_wait_dispatched(redis, 3, timeout=3)) == sorted(str(m.pk) for m in later)
+        assert len(queued_tasks(redis)) == 1  # one round, one chunk
+        assert time.monotonic() - opened < 1.0
+    finally:
+        running.stop()

@@ -72,6 +72,9 @@ BATCH_COLUMNS = (
     "send_at",
     "correlation_id",
 )
+RECIPIENT, SEQ, CONTENT, PRIORITY = (
+    BATCH_COLUMNS.index(c) for c in ("recipient_id", "seq", "content", "priority")
+)
 
 
 def messages_send_batch(*, sender: User, items: list[dict]) -> list[StoredMessage]:
@@ -97,39 +100,25 @@ def messages_send_batch(*, sender: User, items: list[dict]) -> list[StoredMessag
         }
         if unknown:
             raise BatchInvalid(unknown)
-        # Scheduled items take their seqs when they become due (schedule.py), the others now.
-        counts = Counter(
-            recipient_of[item["recipient_phone_number"]] for item in items if not item.get("send_at")
-        )
-        next_seq = seqs_take(counts) if counts else {}
+        # The rows are built before the seqs are taken: taking them locks the recipients' rows
+        # until commit, and other batches to the same recipients wait for that lock.
         messages: list[StoredMessage] = []
         rows = []
         for item in items:
-            recipient_id = recipient_of[item["recipient_phone_number"]]
             ttl = item.get("ttl_seconds")
             send_at = item.get("send_at")
             start = send_at or now
-            message = StoredMessage(
-                uuid.uuid4(),
-                recipient_id,
-                None if send_at else next_seq[recipient_id],
-                item["content"],
-                str(item.get("priority", Priority.NORMAL.value)),
-            )
-            if not send_at:
-                next_seq[recipient_id] += 1
-            messages.append(message)
             rows.append(
-                (
-                    message.pk,
+                [
+                    uuid.uuid4(),
                     Kind.ONE_WAY.value,
                     sender.pk,
-                    recipient_id,
-                    message.seq,
+                    recipient_of[item["recipient_phone_number"]],
+                    None,  # SEQ: filled in below, or left null while scheduled
                     item.get("subject", ""),
-                    message.content,
+                    item["content"],
                     str(item.get("content_type", "text")),
-                    message.priority,
+                    str(item.get("priority", Priority.NORMAL.value)),
                     (Status.SCHEDULED if send_at else Status.QUEUED).value,
                     0,
                     start,  # due for the relay at once, or for the promotion at send_at
@@ -139,8 +128,18 @@ def messages_send_batch(*, sender: User, items: list[dict]) -> list[StoredMessag
                     start + timedelta(seconds=ttl) if ttl else None,
                     send_at,
                     correlation_id,
-                )
+                ]
             )
+        # Scheduled items take their seqs when they become due (schedule.py), the others now.
+        counts = Counter(
+            row[RECIPIENT] for row, item in zip(rows, items, strict=True) if not item.get("send_at")
+        )
+        next_seq = seqs_take(counts) if counts else {}
+        for row, item in zip(rows, items, strict=True):
+            if not item.get("send_at"):
+                row[SEQ] = next_seq[row[RECIPIENT]]
+                next_seq[row[RECIPIENT]] += 1
+            messages.append(StoredMessage(row[0], row[RECIPIENT], row[SEQ], row[CONTENT], row[PRIORITY]))
         copy_rows(Message, BATCH_COLUMNS, rows)
         _attach_all(sender, items, messages)
         if counts:

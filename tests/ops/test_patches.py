@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import inspect
 
+import channels
+import channels.consumer
 import httpcore
 import httpx
 import kombu
 import pytest
+from asgiref.sync import async_to_sync
+from channels.consumer import AsyncConsumer
 from kombu.transport import redis as redis_transport
 
+from apps.realtime import consumers
 from apps.webhooks import client
 from messaging_project import celery
 
@@ -64,3 +69,37 @@ def test_the_webhook_client_connects_through_the_address_guard():
         assert isinstance(pool._network_backend, client._GuardedBackend)
     finally:
         client.client_reset()
+
+
+def test_the_consumer_dispatch_restates_the_installed_channels_one():
+    # ParticipantConsumer.dispatch is channels' AsyncConsumer.dispatch without the hop to close
+    # old connections: re-read channels' dispatch before widening CHANNELS_TESTED.
+    assert channels.__version__.startswith(consumers.CHANNELS_TESTED), channels.__version__
+    source = inspect.getsource(AsyncConsumer.dispatch)
+    assert "handler = getattr(self, get_handler_name(message), None)" in source
+    assert "await aclose_old_connections()" in source
+    assert "await handler(message)" in source
+
+
+def test_the_consumer_dispatch_runs_handlers_without_the_connection_hop(monkeypatch):
+    async_to_sync(_dispatch_without_hop)(monkeypatch)
+
+
+async def _dispatch_without_hop(monkeypatch) -> None:
+    def hop():
+        raise AssertionError("a hop to close old connections")
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", hop)
+    consumer = consumers.MobileConsumer()
+    seen = []
+
+    async def handler(event):
+        seen.append(event)
+
+    consumer.catchup_done = handler
+    await consumer.dispatch({"type": "catchup.done"})
+    assert seen == [{"type": "catchup.done"}]
+    with pytest.raises(ValueError, match="No handler for message type nope"):
+        await consumer.dispatch({"type": "nope"})
+    with pytest.raises(AssertionError, match="a hop"):  # channels' own dispatch still hops
+        await AsyncConsumer.dispatch(consumer, {"type": "catchup.done"})

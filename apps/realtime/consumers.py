@@ -7,6 +7,7 @@ validate a frame, call a service in a thread, answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -163,20 +164,32 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         await in_pool(presence.connection_seen)(party=self.party, channel_name=self.channel_name)
 
     async def _catch_up(self) -> None:
-        """Send every undelivered message in seq order before anything newer."""
-        after_seq = 0
+        """Send every undelivered message in seq order before anything newer.
+
+        The next chunk is claimed (in the database thread) while this one is written, so the
+        socket does not wait for the database between chunks. A chunk claimed but not written
+        (the socket closed meanwhile) is released like any unacked frame (_forget_connection).
+        """
         chunk = settings.MESSAGING_CATCHUP_CHUNK
-        while True:
-            frames, last_seq = await in_db_pool(services.catchup_chunk)(
-                recipient=self.party, after_seq=after_seq, limit=chunk
-            )
-            for outgoing in frames:
-                if outgoing.pk is not None:  # None: a `skip` frame, nothing to deduplicate
-                    self.catchup_ids.add(str(outgoing.pk))
-                await self.send(text_data=outgoing.frame)
-            if last_seq is None:
-                return
-            after_seq = last_seq
+        claim = in_db_pool(services.catchup_chunk)
+        next_chunk = asyncio.ensure_future(claim(recipient=self.party, after_seq=0, limit=chunk))
+        try:
+            while True:
+                frames, last_seq = await next_chunk
+                if last_seq is not None:
+                    next_chunk = asyncio.ensure_future(
+                        claim(recipient=self.party, after_seq=last_seq, limit=chunk)
+                    )
+                for outgoing in frames:
+                    if outgoing.pk is not None:  # None: a `skip` frame, nothing to deduplicate
+                        self.catchup_ids.add(str(outgoing.pk))
+                    await self.send(text_data=outgoing.frame)
+                if last_seq is None:
+                    return
+        finally:
+            if not next_chunk.done():
+                # Cancelled or failed mid-way: let the claim finish before anything else runs.
+                await asyncio.gather(next_chunk, return_exceptions=True)
 
     # --- frames from the client -------------------------------------------------------------
 

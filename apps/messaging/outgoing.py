@@ -14,7 +14,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 
 from apps.accounts.models import PartyKind
 from apps.accounts.party import Party
@@ -50,6 +50,7 @@ COLUMNS = (
     "status",
     "next_attempt_at",
     "expires_at",
+    "has_attachments",  # an annotation (rows): the attachments are read only for those that have some
 )
 
 
@@ -80,6 +81,7 @@ class Row(NamedTuple):
     status: str
     next_attempt_at: datetime | None
     expires_at: datetime | None
+    has_attachments: bool
 
     @property
     def party(self) -> Party:
@@ -108,7 +110,11 @@ class Outgoing(NamedTuple):
 
 def rows(messages: QuerySet[Message]) -> list[Row]:
     """Return the messages of `messages` (with its ordering) as delivery rows."""
-    plain = messages.select_related(None).prefetch_related(None)
+    plain = (
+        messages.select_related(None)
+        .prefetch_related(None)
+        .annotate(has_attachments=Exists(Media.objects.filter(message_id=OuterRef("pk"))))
+    )
     return [Row(*values) for values in plain.values_list(*COLUMNS)]
 
 
@@ -126,6 +132,8 @@ def _author(row: Row) -> dict[str, Any]:
 
 def _media_of(message_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Media]]:
     found: dict[uuid.UUID, list[Media]] = defaultdict(list)
+    if not message_ids:
+        return found
     for media in Media.objects.filter(message_id__in=message_ids).order_by(
         "message_id", "position", "created_at"
     ):
@@ -166,7 +174,7 @@ def encode(delivery_rows: list[Row]) -> tuple[list[Outgoing], dict[uuid.UUID, Ex
     """
     if not delivery_rows:
         return [], {}
-    media_of = _media_of([r.pk for r in delivery_rows])
+    media_of = _media_of([r.pk for r in delivery_rows if r.has_attachments])
     frames: list[Outgoing] = []
     poisoned: dict[uuid.UUID, Exception] = {}
     for r in delivery_rows:

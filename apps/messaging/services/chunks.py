@@ -9,6 +9,7 @@ from django.db import transaction
 from apps.accounts import presence
 from apps.accounts.party import Party
 from apps.common import clock
+from apps.common.ids import in_ids
 from apps.devices.services import push_schedule
 
 from .. import lifecycle, outgoing
@@ -47,9 +48,9 @@ def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
             report.offline += outcome == "offline"
         return report
     messages = outgoing.rows(
-        Message.objects.filter(pk__in=message_ids, status__in=(Status.QUEUED, Status.PENDING)).order_by(
-            "recipient_business_id", "recipient_id", "seq"
-        )
+        Message.objects.filter(
+            in_ids(Message, message_ids), status__in=(Status.QUEUED, Status.PENDING)
+        ).order_by("recipient_business_id", "recipient_id", "seq")
     )
     report.skipped = len(message_ids) - len(messages)
     now = clock.now()

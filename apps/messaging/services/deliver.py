@@ -16,6 +16,7 @@ from django.db import transaction
 from apps.accounts import presence
 from apps.accounts.party import Party
 from apps.common import bridge, clock
+from apps.common.ids import in_ids
 from apps.common.logging import get_correlation_id
 from apps.devices.services import push_schedule
 
@@ -186,10 +187,12 @@ def frames_encode(delivery_rows: list[outgoing.Row]) -> list[Outgoing]:
 
 def messages_mark_sent(message_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     """Move the messages to `sent` with a fresh ack deadline; record the attempts."""
+    if not message_ids:
+        return set()
     now = clock.now()
     with transaction.atomic():
         moved = lifecycle.transition(
-            Message.objects.filter(pk__in=message_ids),
+            Message.objects.filter(in_ids(Message, message_ids)),
             to=Status.SENT,
             now=now,
             next_attempt_at=ack_deadline(now),

@@ -6,14 +6,17 @@ import inspect
 
 import channels
 import channels.consumer
+import channels_redis
 import httpcore
 import httpx
 import kombu
 import pytest
 from asgiref.sync import async_to_sync
 from channels.consumer import AsyncConsumer
+from channels_redis import pubsub
 from kombu.transport import redis as redis_transport
 
+from apps.common import bridge
 from apps.realtime import consumers
 from apps.webhooks import client
 from messaging_project import celery
@@ -103,3 +106,17 @@ async def _dispatch_without_hop(monkeypatch) -> None:
         await consumer.dispatch({"type": "nope"})
     with pytest.raises(AssertionError, match="a hop"):  # channels' own dispatch still hops
         await AsyncConsumer.dispatch(consumer, {"type": "catchup.done"})
+
+
+def test_the_pipelined_group_publish_targets_the_installed_channels_redis():
+    # bridge._publish_pipelined does what RedisPubSubLoopLayer.group_send does, for many groups
+    # at once: re-read group_send and RedisSingleShardConnection.publish before widening.
+    assert channels_redis.__version__.startswith(bridge.CHANNELS_REDIS_TESTED), channels_redis.__version__
+    group_send = inspect.getsource(pubsub.RedisPubSubLoopLayer.group_send)
+    assert "group_channel = self._get_group_channel_name(group)" in group_send
+    assert "shard = self._get_shard(group_channel)" in group_send
+    assert "await shard.publish(group_channel, self.channel_layer.serialize(message))" in group_send
+    publish = inspect.getsource(pubsub.RedisSingleShardConnection.publish)
+    assert "async with self._lock:" in publish
+    assert "self._ensure_redis()" in publish
+    assert "await self._redis.publish(channel, message)" in publish

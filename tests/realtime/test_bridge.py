@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from channels_redis.pubsub import RedisSingleShardConnection
 
 from apps.accounts.party import Party
 from apps.common import breaker as breakers
@@ -30,3 +31,19 @@ def test_a_round_to_hundreds_of_groups_at_once_reaches_each_exactly_once():
     for user_id, channel in enumerate(channels, start=1):
         assert socket_receive(channel) == {"type": "x", "n": user_id}
     assert all(socket_receive(channel, timeout=0.05) is None for channel in channels[:20])
+
+
+def test_a_round_is_published_in_one_pipeline_not_publish_by_publish(monkeypatch):
+    # The layer's own publish waits for each reply under its shard's lock; a round must not use it.
+    def one_by_one(self, channel, message):
+        raise AssertionError("published one by one")
+
+    monkeypatch.setattr(RedisSingleShardConnection, "publish", one_by_one)
+    channels = [socket_open(user_id) for user_id in (1, 2)]
+
+    outcomes = bridge.group_send_many(
+        [(Party.mobile(1).group, {"type": "x"}), (Party.mobile(2).group, {"type": "y"})]
+    )
+
+    assert outcomes == [None, None]
+    assert [socket_receive(c) for c in channels] == [{"type": "x"}, {"type": "y"}]

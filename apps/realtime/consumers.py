@@ -132,20 +132,26 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         self.frame_tokens_at = time.monotonic()
         # When recent frames were refused; full and young means the client keeps flooding.
         self.refusals: deque[float] = deque(maxlen=settings.REALTIME_FLOOD_CLOSE_AFTER)
+        # Live deliveries that arrive during the catch-up wait here and follow it, in order
+        # (None once it is over).
+        self.held: list[dict] | None = []
+        self.catch_up_task: asyncio.Future | None = None
         # Join the group before announcing presence: a worker that sees us online must find
-        # us in the group. Anything it sends during catch-up waits in the channel layer.
+        # us in the group. Anything it sends during catch-up is held until the catch-up is over.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self._beat()
         # Accepted only once presence is recorded: a client that sees the socket open is online.
         await self.accept()
-        await self._catch_up()
-        # Events queued during the catch-up are handled before this marker; after it, a frame
-        # for a caught-up id is a genuine redelivery (ack timeout, stale sweep), not a duplicate.
-        await self.channel_layer.send(self.channel_name, {"type": "catchup.done"})
+        # The catch-up runs beside this consumer's frame loop, so the client's acks are recorded
+        # (and its pings answered) while a long backlog is still being written.
+        self.catch_up_task = asyncio.ensure_future(self._catch_up_then_live())
 
     async def disconnect(self, code: int) -> None:
         if not hasattr(self, "group"):
             return
+        if self.catch_up_task is not None and not self.catch_up_task.done():
+            self.catch_up_task.cancel()
+            await asyncio.gather(self.catch_up_task, return_exceptions=True)
         metrics.websocket_connections(-1)
         await self.channel_layer.group_discard(self.group, self.channel_name)
         await in_db_pool(self._forget_connection)()
@@ -163,6 +169,27 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         self.last_beat = time.monotonic()
         await in_pool(presence.connection_seen)(party=self.party, channel_name=self.channel_name)
 
+    async def _catch_up_then_live(self) -> None:
+        """Write the catch-up, then the deliveries held meanwhile; then deliver live."""
+        try:
+            await self._catch_up()
+            while self.held:  # more may be held while these are written
+                events, self.held = self.held, []
+                for event in events:
+                    await self._write_delivery(event)
+            self.held = None
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the database went away mid-way: the client reconnects and resumes
+            logger.exception(
+                "websocket.catch_up_failed", extra={"kind": self.party.kind.value, "user_id": self.party.id}
+            )
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
+        # Events queued before this marker are deduplicated against the caught-up ids; after it,
+        # a frame for a caught-up id is a genuine redelivery (ack timeout, stale sweep).
+        await self.channel_layer.send(self.channel_name, {"type": "catchup.done"})
+
     async def _catch_up(self) -> None:
         """Send every undelivered message in seq order before anything newer.
 
@@ -175,7 +202,9 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         next_chunk = asyncio.ensure_future(claim(recipient=self.party, after_seq=0, limit=chunk))
         try:
             while True:
-                frames, last_seq = await next_chunk
+                # Shielded: a close cancels this task, never a claim half-way (the claim's
+                # messages must be `sent` before the close releases what was not acked).
+                frames, last_seq = await asyncio.shield(next_chunk)
                 if last_seq is not None:
                     next_chunk = asyncio.ensure_future(
                         claim(recipient=self.party, after_seq=last_seq, limit=chunk)
@@ -352,6 +381,12 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         self.catchup_ids.clear()
 
     async def deliver_messages(self, event: dict) -> None:
+        if self.held is not None:  # the catch-up is still being written: these follow it
+            self.held.append(event)
+            return
+        await self._write_delivery(event)
+
+    async def _write_delivery(self, event: dict) -> None:
         with correlation_context(event.get("correlation_id", "")):
             acked_again = []
             for message in event["messages"]:

@@ -143,7 +143,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         # Accepted only once presence is recorded: a client that sees the socket open is online.
         await self.accept()
         # The catch-up runs beside this consumer's frame loop, so the client's acks are recorded
-        # (and its pings answered) while a long backlog is still being written.
+        # while a long backlog is still being written (a ping is answered once it is over).
         self.catch_up_task = asyncio.ensure_future(self._catch_up_then_live())
 
     async def disconnect(self, code: int) -> None:
@@ -284,6 +284,10 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
 
     async def _ping(self, kind: str, content: dict) -> None:
         await self._beat()
+        if self.catch_up_task is not None and not self.catch_up_task.done():
+            # A pong also says the catch-up is over: clients (and tests) use ping/pong as the
+            # barrier after which whatever arrives is live. Acks before the ping go on at once.
+            await asyncio.gather(asyncio.shield(self.catch_up_task), return_exceptions=True)
         await self.send_json({"type": "pong"})
 
     async def _receipt(self, kind: str, content: dict) -> None:

@@ -487,7 +487,7 @@ def idle_sockets_phase(args, stack: BenchStack, workdir: Path) -> dict:
 # --- p11: status webhooks while batches are delivered ---------------------------------------
 
 
-def webhook_phase(args, results: dict, load, db, ops: SimpleNamespace) -> dict:
+def webhook_phase(args, results: dict, load, db, fleet, ops: SimpleNamespace) -> dict:
     """Register a `message.delivered` endpoint per sender on a local receiver; rerun p3's batches."""
     receiver = Receiver()
     endpoints: list[tuple[Api, int]] = []
@@ -512,7 +512,7 @@ def webhook_phase(args, results: dict, load, db, ops: SimpleNamespace) -> dict:
                 tag="p11",
             )
         )
-        batch = ops.batch_summary(reqs, db, "p11", args.drain_seconds)
+        batch = ops.batch_summary(reqs, db, fleet, "p11", args.drain_seconds)
         expected = batch.get("delivered", 0)
         started = time.monotonic()
         bar = tqdm(total=expected, desc="p11 webhook events received", unit="evt", leave=True)

@@ -164,6 +164,16 @@ def figures(results: dict) -> list[dict]:
             p3["delivered_per_s"] >= DURABLE_PER_S,
             vs_pg(p3["delivered_per_s"]),
         )
+        if "stages" in p3:
+            stages = p3["stages"]
+            add(
+                "p3 stages p50/p95: stored→sent · sent→frame · frame→ack recorded",
+                " · ".join(
+                    f"{_ms(stages[key]['p50'])}/{_ms(stages[key]['p95'])}"
+                    for key in ("stored_to_sent_ms", "sent_to_frame_ms", "frame_to_ack_recorded_ms")
+                )
+                + " ms",
+            )
         add("p3 not acked after drain", p3["undelivered_after_drain"], "msg")
         if p3["status"] != "ok":
             add("p3 status", f"{p3['status']} {p3['statuses']} {p3['errors'][:1]}")
@@ -520,3 +530,7 @@ def plot(results: dict, timeline: list[tuple[float, float | None]], path: Path) 
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"

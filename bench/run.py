@@ -357,6 +357,15 @@ class Db:
         ).fetchone()
         return row[0]
 
+    def stages(self, ids: list[str]) -> dict[str, tuple[float, float | None, float | None]]:
+        """Return id -> (created_at, sent_at, delivered_at) as epoch seconds (None when not yet)."""
+        rows = self.conn.execute(
+            "SELECT id::text, extract(epoch FROM created_at)::float8, extract(epoch FROM sent_at)::float8,"
+            " extract(epoch FROM delivered_at)::float8 FROM messaging_message WHERE id = ANY(%s::uuid[])",
+            (ids,),
+        ).fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
     def times(self, ids: list[str]) -> dict[str, tuple[float, float | None, str]]:
         """Return id -> (created_at, delivered_at or None, status) as epoch seconds."""
         rows = self.conn.execute(
@@ -474,7 +483,31 @@ def sends_summary(reqs: list[Req], db: Db, fleet: FleetHandle, tag: str, drain_s
     }
 
 
-def batch_summary(reqs: list[Req], db: Db, tag: str, drain_seconds: float) -> dict:
+def stage_latencies(db: Db, fleet: FleetHandle, ids: list[str], tag: str) -> dict[str, dict]:
+    """Return where a message's time went: stored → sent (relay, worker), sent → frame at the
+    client (channel layer, web), frame → ack recorded (the client's ack, receipts), in ms.
+
+    `sent_at` is the last write's (a redelivered message's is later than its first frame).
+    """
+    stages = db.stages(ids)
+    frames = fleet.call("frames", tag=tag)
+    to_sent, to_frame, to_ack = [], [], []
+    for pk, (created, sent, delivered) in stages.items():
+        frame = frames.get(pk)
+        if sent is not None:
+            to_sent.append(sent - created)
+            if frame is not None and frame >= sent:
+                to_frame.append(frame - sent)
+        if frame is not None and delivered is not None:
+            to_ack.append(delivered - frame)
+    return {
+        "stored_to_sent_ms": percentiles(to_sent),
+        "sent_to_frame_ms": percentiles(to_frame),
+        "frame_to_ack_recorded_ms": percentiles(to_ack),
+    }
+
+
+def batch_summary(reqs: list[Req], db: Db, fleet: FleetHandle, tag: str, drain_seconds: float) -> dict:
     if reqs and reqs[0].status in MISSING:
         return {"status": f"n/a: endpoint missing (HTTP {reqs[0].status})"}
     ok = [r for r in reqs if r.status == 202]
@@ -500,6 +533,7 @@ def batch_summary(reqs: list[Req], db: Db, tag: str, drain_seconds: float) -> di
         "undelivered_after_drain": len(ids) - delivered,
         "drain_waited_s": waited,
         "delivered_per_s": delivered / (max(acked) - first) if acked else 0.0,
+        "stages": stage_latencies(db, fleet, ids, tag),
     }
 
 
@@ -806,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
                             )
                         ),
                         db,
+                        fleet,
                         "p3",
                         args.drain_seconds,
                     ),
@@ -815,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         if "4" in phases:
             run_phase("p4", results, broadcast_phase, load, db, fleet, args.drain_seconds, meter=meter)
         if "11" in phases:
-            run_phase("p11", results, extra.webhook_phase, args, results, load, db, ops, meter=meter)
+            run_phase("p11", results, extra.webhook_phase, args, results, load, db, fleet, ops, meter=meter)
         if push_servers is not None:
             run_phase("p12", results, push_phase, args, load, push_servers, meter=meter)
         # Our stack is idle (the fleet's sockets stay open) while the reference runs.

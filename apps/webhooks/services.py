@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from django.db import transaction
-from django.utils import timezone
 
 from apps.accounts.models import User
+from apps.common import clock
 
 from . import addresses
 from .errors import EndpointInactive, WebhookUrlRefused
@@ -86,7 +86,7 @@ def event_redeliver(*, delivery: WebhookDelivery) -> WebhookEvent:
     endpoint = WebhookEndpoint.objects.get(pk=delivery.endpoint_id)
     if not endpoint.is_active:
         raise EndpointInactive()
-    now = timezone.now()
+    now = clock.now()
     with transaction.atomic():
         WebhookEvent.objects.filter(pk=delivery.event_id).update(
             status=EventStatus.PENDING, next_attempt_at=now, delivered_at=None
@@ -98,7 +98,7 @@ def event_redeliver(*, delivery: WebhookDelivery) -> WebhookEvent:
 
 def events_redeliver(*, event_ids: Sequence[int]) -> int:
     """Send these events once more, now (admin action); return how many were set to go."""
-    now = timezone.now()
+    now = clock.now()
     with transaction.atomic():
         events = WebhookEvent.objects.filter(pk__in=event_ids, endpoint__is_active=True)
         endpoint_ids = sorted(set(events.values_list("endpoint_id", flat=True)))

@@ -8,9 +8,11 @@ from datetime import timedelta
 import pytest
 from django.urls import reverse
 
+from apps.common import clock
 from apps.messaging import lifecycle, services
 from apps.messaging.models import Message, Status
 from apps.webhooks import delivery
+from apps.webhooks import services as services_webhooks
 from apps.webhooks.models import AttemptOutcome, EventStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from apps.webhooks.signing import signature
 
@@ -356,3 +358,40 @@ def test_a_canceled_message_produces_message_canceled_and_its_page_shows_the_web
 @pytest.fixture
 def endpoint_canceled(sender, receiver):
     return endpoint_for(sender, receiver.url, events=["message.canceled"])
+
+
+@pytest.mark.parametrize("skew", [-300, 300])
+def test_a_worker_whose_host_clock_is_off_sends_and_retries_on_the_shared_clock(
+    skew, sender, mobile_user, endpoint, receiver, host_clock_off, settings
+):
+    # Events are recorded on the shared clock (apps/common/clock.py) by whichever process made
+    # the change; the worker sending them must compare and schedule on that clock too: 5 minutes
+    # behind it would see nothing due for 5 minutes, 5 minutes ahead it would retry early.
+    host_clock_off(skew)
+    receiver.script = lambda n, request: 500
+    _sent(sender, mobile_user)
+
+    assert delivery.lane_run(endpoint_id=endpoint.pk).attempts == 1
+    [request] = receiver.requests
+    assert abs(int(request.headers["webhook-timestamp"]) - clock.timestamp()) < 60
+    event = WebhookEvent.objects.get()
+    wait = (event.next_attempt_at - clock.now()).total_seconds()
+    assert 0 < wait <= settings.WEBHOOK_RETRY_BASE_SECONDS
+    assert delivery.due_endpoint_ids(now=clock.now()) == []
+    later = event.next_attempt_at + timedelta(seconds=1)
+    assert delivery.due_endpoint_ids(now=later) == [endpoint.pk]
+
+
+def test_redelivery_is_due_at_once_on_the_shared_clock(
+    sender, mobile_user, endpoint, receiver, host_clock_off, settings
+):
+    settings.WEBHOOK_MAX_ATTEMPTS = 1
+    receiver.script = lambda n, request: 500 if n == 0 else 200
+    _sent(sender, mobile_user)
+    delivery.lane_run(endpoint_id=endpoint.pk)
+    assert WebhookEvent.objects.get().status == EventStatus.GIVEN_UP
+
+    host_clock_off(300)  # the web process that takes the sender's request is 5 minutes ahead
+    services_webhooks.event_redeliver(delivery=WebhookDelivery.objects.get())
+    host_clock_off(0)  # the worker is right
+    assert delivery.lane_run(endpoint_id=endpoint.pk).delivered == 1

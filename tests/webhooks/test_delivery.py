@@ -395,3 +395,61 @@ def test_redelivery_is_due_at_once_on_the_shared_clock(
     services_webhooks.event_redeliver(delivery=WebhookDelivery.objects.get())
     host_clock_off(0)  # the worker is right
     assert delivery.lane_run(endpoint_id=endpoint.pk).delivered == 1
+
+
+def test_a_receiver_slower_than_the_timeout_fails_the_attempt_and_pauses_its_endpoint(
+    sender, mobile_user, endpoint, receiver, now, settings
+):
+    settings.WEBHOOK_TIMEOUT_SECONDS = 0.5
+    receiver.hold.set()  # answers only after 30 s
+    _sent(sender, mobile_user, 2, now=now)
+    try:
+        report = delivery.lane_run(endpoint_id=endpoint.pk, now=now)
+    finally:
+        receiver.hold.clear()
+
+    # One timeout, not one per event: the second waits for the first one's retry.
+    assert report.attempts == 1
+    attempt = WebhookDelivery.objects.get()
+    assert (attempt.status_code, attempt.outcome, attempt.error) == (None, "failure", "timed out after 0.5 s")
+    assert attempt.duration_ms < 30_000
+    endpoint.refresh_from_db()
+    assert endpoint.paused_until == attempt.next_attempt_at
+    assert set(WebhookEvent.objects.values_list("status", flat=True)) == {EventStatus.PENDING}
+
+
+def test_an_answer_dribbled_past_the_timeout_is_a_timeout_not_a_success(
+    sender, mobile_user, endpoint, receiver, now, settings
+):
+    # Each byte comes well within the timeout, the whole answer does not: WEBHOOK_TIMEOUT_SECONDS
+    # bounds the attempt, so a receiver cannot hold a worker (and its lane's lease) for longer.
+    settings.WEBHOOK_TIMEOUT_SECONDS = 0.5
+    receiver.dribble_seconds = 3
+    _sent(sender, mobile_user, now=now)
+
+    delivery.lane_run(endpoint_id=endpoint.pk, now=now)
+
+    attempt = WebhookDelivery.objects.get()
+    assert (attempt.status_code, attempt.outcome, attempt.error) == (None, "failure", "timed out after 0.5 s")
+    assert WebhookEvent.objects.get().status == EventStatus.PENDING
+    assert receiver.successful_ids() == []
+
+
+def test_an_answer_dribbled_within_the_timeout_is_a_success(
+    sender, mobile_user, endpoint, receiver, now, settings
+):
+    settings.WEBHOOK_TIMEOUT_SECONDS = 5
+    receiver.dribble_seconds = 0.3
+    _sent(sender, mobile_user, now=now)
+
+    assert delivery.lane_run(endpoint_id=endpoint.pk, now=now).delivered == 1
+
+
+def test_events_to_a_receiver_reuse_one_kept_alive_connection(sender, mobile_user, endpoint, receiver, now):
+    _sent(sender, mobile_user, 3, now=now)
+    delivery.lane_run(endpoint_id=endpoint.pk, now=now)
+    _sent(sender, mobile_user, now=now)  # a later task of the same process
+    delivery.lane_run(endpoint_id=endpoint.pk, now=now)
+
+    assert len(set(receiver.successful_ids())) == 4
+    assert len({request.peer for request in receiver.requests}) == 1

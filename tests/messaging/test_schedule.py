@@ -19,7 +19,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from apps.accounts.party import Party
-from apps.devices.services import push_window_close
+from apps.devices.services import device_register, push_send, push_window_close
 from apps.messaging import relay, services
 from apps.messaging.errors import MessageNotCancelable
 from apps.messaging.models import Broadcast, Message, Status
@@ -359,10 +359,21 @@ def test_a_canceled_message_is_never_written_to_a_socket(sender, mobile_user, re
 
 
 def test_a_canceled_pending_message_drops_its_push(sender, mobile_user, redis):
-    message = MessageFactory(sender=sender, recipient=mobile_user, status=Status.PENDING)
-    schedule.message_cancel(sender=sender, message_id=message.pk)
+    device_register(mobile_user=mobile_user, token="android-tok", platform="android")
+    waiting = MessageFactory(sender=sender, recipient=mobile_user, status=Status.PENDING)
+    canceled = MessageFactory(sender=sender, recipient=mobile_user, status=Status.PENDING)  # newest
+    schedule.message_cancel(sender=sender, message_id=canceled.pk)
 
+    # The window's push carries the newest message still waiting, never the canceled one, and a
+    # retry of a push already made for the canceled one sends nothing.
+    assert push_window_close(recipient_id=mobile_user.pk) == "sent"
+    assert list(waiting.attempts.values_list("channel", "outcome")) == [("fcm", "sent")]
+    assert push_send(message_id=canceled.pk).results == []
+    assert not canceled.attempts.exists()
+
+    schedule.message_cancel(sender=sender, message_id=waiting.pk)
     assert push_window_close(recipient_id=mobile_user.pk) == "nothing"
+    assert waiting.attempts.count() == 1
 
 
 def test_cancel_racing_the_worker_that_sends_it_has_one_winner(sender, mobile_user, redis):

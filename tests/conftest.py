@@ -7,10 +7,14 @@ own redis-server (tests/e2e/conftest.py) so they can stop and restart it.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from apps.accounts.services import token_create
+from apps.common import clock
 from apps.common.redis import redis_client
 
 from .factories import ConversationFactory, MobileUserFactory, SenderFactory
@@ -37,6 +41,24 @@ def redis():
     client.flushdb()
     yield client
     client.flushdb()
+
+
+@pytest.fixture
+def host_clock_off(settings, monkeypatch, redis):
+    """Return a function that puts this host's clock `seconds` off, as a skewed host's would be.
+
+    Both the local time the shared clock corrects (MESSAGING_CLOCK_OFFSET_SECONDS, as the fault
+    tests skew worker and beat) and Django's timezone.now() move: code that reads the host's
+    clock rather than apps/common/clock.py sees the skew; code on the shared clock does not.
+    """
+
+    def skew(seconds: float) -> None:
+        settings.MESSAGING_CLOCK_OFFSET_SECONDS = seconds
+        monkeypatch.setattr(timezone, "now", lambda: datetime.now(UTC) + timedelta(seconds=seconds))
+        clock.reset()
+
+    yield skew
+    clock.reset()
 
 
 # --- personas -------------------------------------------------------------------------------

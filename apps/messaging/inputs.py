@@ -6,10 +6,10 @@ import re
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
+from apps.common import clock
 from apps.common.phone import normalize_phone
 
 from .content import MAX_ATTACHMENTS, MAX_CONTENT_LENGTH, normalize_content
@@ -58,7 +58,8 @@ class SendAtField(serializers.DateTimeField):
             self.fail("invalid")
         if parsed.tzinfo is None:
             self.fail("naive")
-        now = timezone.now()
+        # The clock the promotion compares send_at with (apps/common/clock.py), not this host's.
+        now = clock.now()
         if parsed <= now:
             self.fail("past")
         if parsed > now + MAX_SCHEDULE_AHEAD:

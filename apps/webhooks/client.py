@@ -4,11 +4,16 @@ Every new connection resolves the host once, checks every answer (addresses.conn
 and connects to the checked address; TLS still verifies the certificate for, and sends SNI
 of, the URL's host, and the pool stays keyed by that host. A kept-alive connection is to an
 address checked when it was opened.
+
+WEBHOOK_TIMEOUT_SECONDS bounds a whole attempt, not each socket operation: a 2xx counts only
+within it (SPEC.md section 8), so a receiver that answers a byte at a time cannot hold a worker
+slot (and its endpoint's lane, whose lease assumes an attempt ends within the timeout) longer.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -27,10 +32,49 @@ HTTPCORE_TESTED = ("1.0.",)
 MAX_BODY_READ = 64 * 1024
 
 
+# The monotonic time by which this thread's current attempt must be over (None: no attempt).
+_attempt = threading.local()
+
+
+def _within_deadline(timeout: float | None, expired: type[Exception]) -> float | None:
+    """Return `timeout` shortened to what is left of the current attempt; raise `expired` if nothing is."""
+    deadline = getattr(_attempt, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired("the attempt's time is up")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read, write and TLS handshake ends by the attempt's deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _within_deadline(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _within_deadline(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:
+        timeout = _within_deadline(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str):
+        return self._stream.get_extra_info(info)
+
+
 class _GuardedBackend(httpcore.SyncBackend):
     def connect_tcp(self, host: str, port: int, timeout=None, local_address=None, socket_options=None):
         address = addresses.connect_address(host, port)
-        return super().connect_tcp(address, port, timeout, local_address, socket_options)
+        timeout = _within_deadline(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(super().connect_tcp(address, port, timeout, local_address, socket_options))
 
 
 def _client_new() -> httpx.Client:
@@ -92,11 +136,14 @@ def post(url: str, *, body: bytes, headers: dict[str, str]) -> Answer:
     def answer(status_code: int | None, error: str, unreachable: bool = False) -> Answer:
         return Answer(status_code, error[:500], time.monotonic() - started, unreachable)
 
+    status_code: int | None = None
+    _attempt.deadline = started + settings.WEBHOOK_TIMEOUT_SECONDS
     try:
         addresses.scheme_check(url)
         with client().stream(
             "POST", url, content=body, headers={**headers, "Content-Type": "application/json"}
         ) as response:
+            status_code = response.status_code
             read = 0
             for chunk in response.iter_raw():
                 read += len(chunk)
@@ -104,12 +151,19 @@ def post(url: str, *, body: bytes, headers: dict[str, str]) -> Answer:
                     break
     except addresses.AddressRefused as exc:
         return answer(None, f"refused: {exc}", unreachable=True)
-    except httpx.TimeoutException:
-        return answer(None, f"timed out after {settings.WEBHOOK_TIMEOUT_SECONDS:g} s", unreachable=True)
     except httpx.HTTPError as exc:
-        return answer(None, f"{type(exc).__name__}: {exc}", unreachable=True)
-    if 200 <= response.status_code < 300:
-        return answer(response.status_code, "")
-    if 300 <= response.status_code < 400:
-        return answer(response.status_code, "redirects are not followed")
-    return answer(response.status_code, f"HTTP {response.status_code}")
+        # After the status line, only the (unread) rest of the answer failed: the status is the
+        # answer, and the connection is dropped rather than kept.
+        if status_code is None:
+            if isinstance(exc, httpx.TimeoutException):
+                return answer(
+                    None, f"timed out after {settings.WEBHOOK_TIMEOUT_SECONDS:g} s", unreachable=True
+                )
+            return answer(None, f"{type(exc).__name__}: {exc}", unreachable=True)
+    finally:
+        _attempt.deadline = None
+    if 200 <= status_code < 300:
+        return answer(status_code, "")
+    if 300 <= status_code < 400:
+        return answer(status_code, "redirects are not followed")
+    return answer(status_code, f"HTTP {status_code}")

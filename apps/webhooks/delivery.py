@@ -11,6 +11,10 @@ Within a lane, events are claimed in batches by moving their `next_attempt_at` a
 lease (FOR UPDATE SKIP LOCKED, then a conditional update): a worker killed mid-attempt leaves
 them due again when the lease ends, and the beat sweep (`lanes_sweep`) wakes every endpoint
 with due events and a free lane. Delivery is at least once; receivers dedupe by webhook-id.
+
+Due times, leases and pauses are set and compared on the shared clock (apps/common/clock.py),
+as the events are recorded by whichever process changed a message: a worker whose host clock
+is off neither leaves events waiting nor retries them early.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef, Q
-from django.utils import timezone
 
 from apps.accounts.models import MobileUser
+from apps.common import clock as shared_clock
 from apps.common import metrics
 from apps.common.redis import redis_client
 
@@ -114,7 +118,7 @@ def due_endpoint_ids(*, now: datetime, limit: int = 1000) -> list[int]:
 
 def lanes_sweep(*, now: datetime | None = None) -> int:
     """Wake every endpoint with due events (beat; idempotent); return how many tasks were enqueued."""
-    return lanes_wake(due_endpoint_ids(now=now or timezone.now()))
+    return lanes_wake(due_endpoint_ids(now=now or shared_clock.now()))
 
 
 # --- a lane ---------------------------------------------------------------------------------
@@ -315,7 +319,7 @@ def lane_run(
     worker slot back. After releasing the lane, look once more for due events: one recorded
     while the lane was held may have had its wake-up task find the lane taken.
     """
-    clock: Callable[[], datetime] = (lambda: now) if now is not None else timezone.now
+    clock: Callable[[], datetime] = (lambda: now) if now is not None else shared_clock.now
     report = LaneReport()
     deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
     while (lane := _Lane.take(endpoint_id, clock())) is not None:

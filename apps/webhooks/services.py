@@ -1,18 +1,28 @@
-"""Writes: registering, changing and removing webhook endpoints, rotating secrets, redelivering."""
+"""Writes: registering, changing and removing webhook endpoints, rotating secrets, redelivering,
+and purging old events (retention).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from datetime import datetime
 
 from django.db import transaction
-from django.utils import timezone
+from django.db.models import Q
 
 from apps.accounts.models import User
+from apps.common import clock
+from apps.messaging.services.retention import retention_cutoff
 
 from . import addresses
 from .errors import EndpointInactive, WebhookUrlRefused
 from .models import EventStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from .signing import secret_new
+
+logger = logging.getLogger(__name__)
+
+PURGE_CHUNK = 1000
 
 
 def _url_checked(url: str) -> str:
@@ -86,7 +96,7 @@ def event_redeliver(*, delivery: WebhookDelivery) -> WebhookEvent:
     endpoint = WebhookEndpoint.objects.get(pk=delivery.endpoint_id)
     if not endpoint.is_active:
         raise EndpointInactive()
-    now = timezone.now()
+    now = clock.now()
     with transaction.atomic():
         WebhookEvent.objects.filter(pk=delivery.event_id).update(
             status=EventStatus.PENDING, next_attempt_at=now, delivered_at=None
@@ -98,7 +108,7 @@ def event_redeliver(*, delivery: WebhookDelivery) -> WebhookEvent:
 
 def events_redeliver(*, event_ids: Sequence[int]) -> int:
     """Send these events once more, now (admin action); return how many were set to go."""
-    now = timezone.now()
+    now = clock.now()
     with transaction.atomic():
         events = WebhookEvent.objects.filter(pk__in=event_ids, endpoint__is_active=True)
         endpoint_ids = sorted(set(events.values_list("endpoint_id", flat=True)))
@@ -113,3 +123,44 @@ def _wake_on_commit(endpoint_id: int) -> None:
     from .delivery import lanes_wake
 
     transaction.on_commit(lambda: lanes_wake([endpoint_id]))
+
+
+# --- retention ------------------------------------------------------------------------------
+
+# Events nothing will send again: delivered, given up, or waiting for an endpoint that was
+# deactivated. Pending events of an active endpoint are still being retried and stay.
+_SETTLED = Q(status__in=(EventStatus.DELIVERED, EventStatus.GIVEN_UP)) | Q(endpoint__is_active=False)
+
+
+def events_purge_chunk(*, cutoff: datetime, limit: int = PURGE_CHUNK) -> int:
+    """Delete at most `limit` settled events created before `cutoff`, with their attempts; return how many.
+
+    One transaction that claims its rows with a lock other runs skip: two beats share the work.
+    Oldest first by primary key (it follows creation), so the claim needs no index of its own.
+    """
+    with transaction.atomic():
+        ids = list(
+            WebhookEvent.objects.filter(_SETTLED, created_at__lt=cutoff)
+            .order_by("pk")
+            .select_for_update(skip_locked=True, of=("self",))
+            .values_list("pk", flat=True)[:limit]
+        )
+        if not ids:
+            return 0
+        WebhookEvent.objects.filter(pk__in=ids).delete()  # their attempts cascade
+    return len(ids)
+
+
+def events_purge_expired(*, chunk: int = PURGE_CHUNK, max_chunks: int | None = None) -> int:
+    """Purge settled events older than MESSAGING_RETENTION_DAYS, `chunk` per transaction; return how many."""
+    cutoff = retention_cutoff()
+    purged = chunks = 0
+    while max_chunks is None or chunks < max_chunks:
+        n = events_purge_chunk(cutoff=cutoff, limit=chunk)
+        purged += n
+        chunks += 1
+        if n < chunk:
+            break
+    if purged:
+        logger.info("webhook.events_purged", extra={"count": purged, "cutoff": cutoff.isoformat()})
+    return purged

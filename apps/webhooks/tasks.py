@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from . import delivery
+from . import delivery, services
 
 
 @shared_task
@@ -28,3 +28,9 @@ def deliver_endpoint(endpoint_id: int) -> int:
 def sweep_webhooks() -> int:
     """Wake every endpoint with due events: retries, and events whose wake-up was lost."""
     return delivery.lanes_sweep()
+
+
+@shared_task
+def purge_webhook_events() -> int:
+    """Purge settled webhook events older than MESSAGING_RETENTION_DAYS (chunked, safe to re-run)."""
+    return services.events_purge_expired()

@@ -503,6 +503,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 24 * 3600,
         "options": {"queue": "low", "expires": 12 * 3600},
     },
+    # Retention of webhook events: settled ones older than MESSAGING_RETENTION_DAYS, in chunks.
+    "webhook-retention": {
+        "task": "apps.webhooks.tasks.purge_webhook_events",
+        "schedule": 24 * 3600,
+        "options": {"queue": "low", "expires": 12 * 3600},
+    },
     # Webhooks: wake endpoints whose events are due (retries, wake-ups lost after a commit).
     "webhooks": {
         "task": "apps.webhooks.tasks.sweep_webhooks",

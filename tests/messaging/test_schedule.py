@@ -19,13 +19,14 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from apps.accounts.party import Party
-from apps.devices.services import push_window_close
+from apps.devices.services import device_register, push_send, push_window_close
 from apps.messaging import relay, services
 from apps.messaging.errors import MessageNotCancelable
 from apps.messaging.models import Broadcast, Message, Status
 from apps.messaging.services import schedule
 from tests.concurrency import run_together
-from tests.factories import MessageFactory, MobileUserFactory
+from tests.conftest import client_for
+from tests.factories import MessageFactory, MobileUserFactory, SenderFactory
 from tests.messaging.test_send import dispatched_ids
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -158,6 +159,81 @@ def test_a_scheduled_broadcast_expands_into_scheduled_messages(sender, mobile_us
     assert Broadcast.objects.get(pk=broadcast.pk).send_at == send_at
 
 
+def test_batch_and_broadcast_items_count_their_ttl_from_send_at(sender, sender_client, mobile_user, stranger):
+    send_at = timezone.now() + timedelta(minutes=10)
+    item = {
+        "recipient_phone_number": mobile_user.phone_number,
+        "content": "later",
+        "ttl_seconds": 60,
+        "send_at": send_at.isoformat(),
+    }
+    batch = sender_client.post("/api/v1/messages/batch/", {"messages": [item]}, format="json")
+    assert batch.status_code == 202, batch.content
+    broadcast = services.broadcast_create(
+        sender=sender, recipient_ids=[stranger.pk], content="all", ttl_seconds=60, send_at=send_at
+    )
+    services.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=0)
+
+    [from_batch] = batch.json()["ids"]
+    from_broadcast = Message.objects.get(broadcast=broadcast)
+    for message in (_row(from_batch), from_broadcast):
+        assert (message.status, message.seq, message.next_attempt_at) == (Status.SCHEDULED, None, send_at)
+        assert message.expires_at == send_at + timedelta(seconds=60)
+
+
+@pytest.mark.parametrize(
+    ("send_at", "expected"),
+    [
+        ("2020-01-01T00:00:00+00:00", "in the future"),
+        ("2999-01-01T00:00:00+00:00", "30 days"),
+        ("next tuesday", "ISO 8601"),
+    ],
+)
+def test_a_broadcast_with_a_bad_send_at_is_400_and_stores_nothing(mobile_user, send_at, expected):
+    broadcaster = client_for(SenderFactory(permissions=["send_broadcast"]))
+    response = broadcaster.post(
+        "/api/v1/messages/broadcast/",
+        {"recipient_phone_numbers": [mobile_user.phone_number], "content": "x", "send_at": send_at},
+        format="json",
+    )
+
+    assert response.status_code == 400, response.content
+    assert expected in str(response.json()["send_at"])
+    assert not Broadcast.objects.exists()
+    assert not Message.objects.exists()
+
+
+def test_send_at_is_judged_on_the_shared_clock_not_the_web_hosts(sender_client, mobile_user, host_clock_off):
+    # The promotion compares send_at with the shared clock: a web host 5 minutes ahead must not
+    # call a time 2 minutes ahead "past", nor one 30 days less 2 minutes "too far" when behind.
+    host_clock_off(300)
+    soon = timezone.now() - timedelta(minutes=3)  # true time + 2 minutes
+    response = sender_client.post(
+        "/api/v1/messages/",
+        {"recipient_phone_number": mobile_user.phone_number, "content": "x", "send_at": soon.isoformat()},
+        format="json",
+    )
+    assert response.status_code == 202, response.content
+    assert _row(response.json()["id"]).status == Status.SCHEDULED
+
+
+def test_a_worker_whose_host_clock_is_ahead_expands_a_broadcast_due_at_once(
+    sender, mobile_user, stranger, host_clock_off, redis
+):
+    # The relay claims queued messages due on the shared clock: stamped 5 minutes ahead by a
+    # skewed worker, a broadcast would wait 5 minutes, and its TTL would run from then.
+    broadcast = services.broadcast_create(
+        sender=sender, recipient_ids=[mobile_user.pk, stranger.pk], content="all", ttl_seconds=600
+    )
+    host_clock_off(300)
+    services.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=0)
+    host_clock_off(0)
+
+    assert relay.relay_round() == 2
+    for expires_at in Message.objects.filter(broadcast=broadcast).values_list("expires_at", flat=True):
+        assert abs((expires_at - timezone.now()).total_seconds() - 600) < 60
+
+
 # --- promotion -------------------------------------------------------------------------------
 
 
@@ -283,10 +359,21 @@ def test_a_canceled_message_is_never_written_to_a_socket(sender, mobile_user, re
 
 
 def test_a_canceled_pending_message_drops_its_push(sender, mobile_user, redis):
-    message = MessageFactory(sender=sender, recipient=mobile_user, status=Status.PENDING)
-    schedule.message_cancel(sender=sender, message_id=message.pk)
+    device_register(mobile_user=mobile_user, token="android-tok", platform="android")
+    waiting = MessageFactory(sender=sender, recipient=mobile_user, status=Status.PENDING)
+    canceled = MessageFactory(sender=sender, recipient=mobile_user, status=Status.PENDING)  # newest
+    schedule.message_cancel(sender=sender, message_id=canceled.pk)
 
+    # The window's push carries the newest message still waiting, never the canceled one, and a
+    # retry of a push already made for the canceled one sends nothing.
+    assert push_window_close(recipient_id=mobile_user.pk) == "sent"
+    assert list(waiting.attempts.values_list("channel", "outcome")) == [("fcm", "sent")]
+    assert push_send(message_id=canceled.pk).results == []
+    assert not canceled.attempts.exists()
+
+    schedule.message_cancel(sender=sender, message_id=waiting.pk)
     assert push_window_close(recipient_id=mobile_user.pk) == "nothing"
+    assert waiting.attempts.count() == 1
 
 
 def test_cancel_racing_the_worker_that_sends_it_has_one_winner(sender, mobile_user, redis):

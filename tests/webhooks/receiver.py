@@ -2,7 +2,7 @@
 
 It records every request (headers and body) and answers with the status its `script` gives
 (200 by default); it can be stopped (connections refused) and started again on the same port,
-or made to hold requests (a slow receiver).
+made to hold requests (a slow receiver), or to dribble its answer a byte at a time.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float = field(default_factory=time.time)  # wall clock of arrival
+    peer: tuple[str, int] | None = None  # the client's address and port (one per connection)
 
     @property
     def json(self) -> dict:
@@ -39,6 +40,8 @@ class Receiver:
         # Called with the request number (0-based) and the request; returns the status to answer.
         self.script: Callable[[int, Received], int] = lambda n, request: 200
         self.hold = threading.Event()  # while set, requests wait (up to 30 s) before answering
+        # When > 0, each answer is written one byte at a time over this many seconds.
+        self.dribble_seconds = 0.0
         self._changed = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -64,7 +67,10 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 request = Received(
-                    self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length)
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    self.rfile.read(length),
+                    peer=self.client_address[:2],
                 )
                 with receiver._changed:
                     number = len(receiver.requests)
@@ -74,13 +80,29 @@ class Receiver:
                 while receiver.hold.is_set() and time.monotonic() < deadline:
                     time.sleep(0.01)
                 status = receiver.script(number, request)
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                if receiver.dribble_seconds > 0:
+                    if not self._dribble(status, receiver.dribble_seconds):
+                        return  # the client gave up waiting: it got no answer
+                else:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
                 with receiver._changed:
                     receiver.answered.append((request.headers.get("webhook-id", ""), status))
                     receiver._changed.notify_all()
+
+            def _dribble(self, status: int, seconds: float) -> bool:
+                answer = f"HTTP/1.1 {status} OK\r\nContent-Length: 2\r\nX-Slow: {'.' * 40}\r\n\r\nok".encode()
+                try:
+                    for i in range(len(answer)):
+                        self.wfile.write(answer[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(seconds / len(answer))
+                except OSError:
+                    self.close_connection = True
+                    return False
+                return True
 
             def log_message(self, *args) -> None:
                 pass

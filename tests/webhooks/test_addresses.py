@@ -108,6 +108,30 @@ def test_registration_refuses_non_public_addresses(url, sender_client, public_on
     assert not WebhookEndpoint.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://localhost/hook",
+        "https://2130706433/hook",  # 127.0.0.1 as one number
+        "https://0x7f000001/hook",
+        "https://0177.0.0.1/hook",  # octal
+        "https://127.1/hook",
+        "https://0/hook",
+        "https://[::127.0.0.1]/hook",  # IPv4-compatible
+        "https://[64:ff9b::a9fe:a9fe]/hook",  # NAT64 of the metadata address
+        "https://[fd00:ec2::254]/hook",  # a cloud's IPv6 metadata address
+        "https://100.100.100.200/hook",  # another cloud's metadata address (shared space)
+    ],
+)
+def test_registration_refuses_other_spellings_of_non_public_addresses(url, sender_client, public_only):
+    # Some the URL validator refuses first; the address check refuses each of them anyway,
+    # through the system's resolver, which reads these spellings as the addresses they hide.
+    with pytest.raises(addresses.AddressRefused, match="webhooks need a public address"):
+        addresses.url_check(url)
+    assert _register(sender_client, url).status_code == 400
+    assert not WebhookEndpoint.objects.exists()
+
+
 def test_registration_resolves_the_host_and_checks_every_answer(sender_client, public_only, dns):
     dns["internal.example.com"] = [["10.0.0.5"]]
     dns["mixed.example.com"] = [[PUBLIC, "127.0.0.1"]]

@@ -164,6 +164,26 @@ def test_deliveries_list_attempts_and_redeliver_sends_again_with_the_same_id(
     )
 
 
+@pytest.mark.django_db(transaction=True)
+def test_another_senders_delivery_is_404_even_through_ones_own_endpoint(
+    sender, sender_client, other_sender_client, mobile_user, receiver, settings
+):
+    settings.WEBHOOK_MAX_ATTEMPTS = 1
+    receiver.script = lambda n, request: 500
+    theirs = _create(sender_client, url=receiver.url, events=["message.sent"]).json()["id"]
+    mine = _create(other_sender_client, url=receiver.url, events=["message.sent"]).json()["id"]
+    message = MessageFactory(sender=sender, recipient=mobile_user)
+    lifecycle.transition(Message.objects.filter(pk=message.pk), to=Status.SENT)
+    delivery.lane_run(endpoint_id=theirs)
+    attempt = WebhookDelivery.objects.get()
+
+    response = other_sender_client.post(f"/api/v1/webhooks/{mine}/deliveries/{attempt.pk}/redeliver/")
+
+    assert response.status_code == 404
+    assert WebhookEvent.objects.get().status == EventStatus.GIVEN_UP  # not set to go again
+    assert other_sender_client.get(f"/api/v1/webhooks/{mine}/deliveries/").json()["count"] == 0
+
+
 def test_redeliver_to_an_inactive_endpoint_is_409(sender, sender_client, mobile_user, receiver, now):
     endpoint_id = _create(sender_client, url=receiver.url).json()["id"]
     event = WebhookEvent.objects.create(

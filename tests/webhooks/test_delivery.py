@@ -8,9 +8,11 @@ from datetime import timedelta
 import pytest
 from django.urls import reverse
 
+from apps.common import clock
 from apps.messaging import lifecycle, services
 from apps.messaging.models import Message, Status
 from apps.webhooks import delivery
+from apps.webhooks import services as services_webhooks
 from apps.webhooks.models import AttemptOutcome, EventStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from apps.webhooks.signing import signature
 
@@ -356,3 +358,98 @@ def test_a_canceled_message_produces_message_canceled_and_its_page_shows_the_web
 @pytest.fixture
 def endpoint_canceled(sender, receiver):
     return endpoint_for(sender, receiver.url, events=["message.canceled"])
+
+
+@pytest.mark.parametrize("skew", [-300, 300])
+def test_a_worker_whose_host_clock_is_off_sends_and_retries_on_the_shared_clock(
+    skew, sender, mobile_user, endpoint, receiver, host_clock_off, settings
+):
+    # Events are recorded on the shared clock (apps/common/clock.py) by whichever process made
+    # the change; the worker sending them must compare and schedule on that clock too: 5 minutes
+    # behind it would see nothing due for 5 minutes, 5 minutes ahead it would retry early.
+    host_clock_off(skew)
+    receiver.script = lambda n, request: 500
+    _sent(sender, mobile_user)
+
+    assert delivery.lane_run(endpoint_id=endpoint.pk).attempts == 1
+    [request] = receiver.requests
+    assert abs(int(request.headers["webhook-timestamp"]) - clock.timestamp()) < 60
+    event = WebhookEvent.objects.get()
+    wait = (event.next_attempt_at - clock.now()).total_seconds()
+    assert 0 < wait <= settings.WEBHOOK_RETRY_BASE_SECONDS
+    assert delivery.due_endpoint_ids(now=clock.now()) == []
+    later = event.next_attempt_at + timedelta(seconds=1)
+    assert delivery.due_endpoint_ids(now=later) == [endpoint.pk]
+
+
+def test_redelivery_is_due_at_once_on_the_shared_clock(
+    sender, mobile_user, endpoint, receiver, host_clock_off, settings
+):
+    settings.WEBHOOK_MAX_ATTEMPTS = 1
+    receiver.script = lambda n, request: 500 if n == 0 else 200
+    _sent(sender, mobile_user)
+    delivery.lane_run(endpoint_id=endpoint.pk)
+    assert WebhookEvent.objects.get().status == EventStatus.GIVEN_UP
+
+    host_clock_off(300)  # the web process that takes the sender's request is 5 minutes ahead
+    services_webhooks.event_redeliver(delivery=WebhookDelivery.objects.get())
+    host_clock_off(0)  # the worker is right
+    assert delivery.lane_run(endpoint_id=endpoint.pk).delivered == 1
+
+
+def test_a_receiver_slower_than_the_timeout_fails_the_attempt_and_pauses_its_endpoint(
+    sender, mobile_user, endpoint, receiver, now, settings
+):
+    settings.WEBHOOK_TIMEOUT_SECONDS = 0.5
+    receiver.hold.set()  # answers only after 30 s
+    _sent(sender, mobile_user, 2, now=now)
+    try:
+        report = delivery.lane_run(endpoint_id=endpoint.pk, now=now)
+    finally:
+        receiver.hold.clear()
+
+    # One timeout, not one per event: the second waits for the first one's retry.
+    assert report.attempts == 1
+    attempt = WebhookDelivery.objects.get()
+    assert (attempt.status_code, attempt.outcome, attempt.error) == (None, "failure", "timed out after 0.5 s")
+    assert attempt.duration_ms < 30_000
+    endpoint.refresh_from_db()
+    assert endpoint.paused_until == attempt.next_attempt_at
+    assert set(WebhookEvent.objects.values_list("status", flat=True)) == {EventStatus.PENDING}
+
+
+def test_an_answer_dribbled_past_the_timeout_is_a_timeout_not_a_success(
+    sender, mobile_user, endpoint, receiver, now, settings
+):
+    # Each byte comes well within the timeout, the whole answer does not: WEBHOOK_TIMEOUT_SECONDS
+    # bounds the attempt, so a receiver cannot hold a worker (and its lane's lease) for longer.
+    settings.WEBHOOK_TIMEOUT_SECONDS = 0.5
+    receiver.dribble_seconds = 3
+    _sent(sender, mobile_user, now=now)
+
+    delivery.lane_run(endpoint_id=endpoint.pk, now=now)
+
+    attempt = WebhookDelivery.objects.get()
+    assert (attempt.status_code, attempt.outcome, attempt.error) == (None, "failure", "timed out after 0.5 s")
+    assert WebhookEvent.objects.get().status == EventStatus.PENDING
+    assert receiver.successful_ids() == []
+
+
+def test_an_answer_dribbled_within_the_timeout_is_a_success(
+    sender, mobile_user, endpoint, receiver, now, settings
+):
+    settings.WEBHOOK_TIMEOUT_SECONDS = 5
+    receiver.dribble_seconds = 0.3
+    _sent(sender, mobile_user, now=now)
+
+    assert delivery.lane_run(endpoint_id=endpoint.pk, now=now).delivered == 1
+
+
+def test_events_to_a_receiver_reuse_one_kept_alive_connection(sender, mobile_user, endpoint, receiver, now):
+    _sent(sender, mobile_user, 3, now=now)
+    delivery.lane_run(endpoint_id=endpoint.pk, now=now)
+    _sent(sender, mobile_user, now=now)  # a later task of the same process
+    delivery.lane_run(endpoint_id=endpoint.pk, now=now)
+
+    assert len(set(receiver.successful_ids())) == 4
+    assert len({request.peer for request in receiver.requests}) == 1

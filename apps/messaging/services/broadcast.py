@@ -9,10 +9,9 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
-from django.utils import timezone
 
 from apps.accounts.models import MobileUser, User
-from apps.common import metrics
+from apps.common import clock, metrics
 from apps.common.logging import get_correlation_id
 from apps.common.pgcopy import copy_insert
 
@@ -102,7 +101,8 @@ def broadcast_expand_chunk(*, broadcast_id: str | uuid.UUID, after: int) -> int 
     cursor moved and creates nothing. Return the new cursor if more remains (its task is
     enqueued after commit), else None.
     """
-    now = timezone.now()
+    # Due times and expiries are compared on the shared clock (apps/common/clock.py).
+    now = clock.now()
     with transaction.atomic():
         broadcast = Broadcast.objects.select_for_update().filter(pk=broadcast_id).first()
         if (
@@ -172,7 +172,7 @@ def sweep_broadcasts() -> int:
     """Restart the expansion of broadcasts that have not moved for a while (lost task)."""
     stalled = list(
         Broadcast.objects.filter(
-            status=BroadcastStatus.EXPANDING, updated_at__lt=timezone.now() - BROADCAST_STALL
+            status=BroadcastStatus.EXPANDING, updated_at__lt=clock.now() - BROADCAST_STALL
         ).values_list("pk", "expanded_through")[:100]
     )
     for pk, cursor in stalled:

@@ -162,6 +162,25 @@ def test_simulator_receives_acks_goes_offline_and_catches_up(page, e2e):
     assert page.text_content("#gaps") == "none"
 
 
+def test_simulator_with_auto_ack_off_acks_only_when_asked(page, e2e):
+    sender, mobile = e2e.sender(), e2e.mobile()
+    page.goto("/simulator/")
+    _simulator_online(page, mobile.token)
+    page.uncheck("#auto-ack")
+
+    message = e2e.send(sender, mobile, "ack me by hand")
+    row = page.locator(f"tr[data-id='{message['id']}']")
+    page.wait_for_selector(f"tr[data-id='{message['id']}'][data-status=received]")
+    # Written to the socket, not acknowledged: the API says sent (never delivered yet).
+    e2e.wait_status(sender, [message["id"]], "sent")
+    assert row.get_attribute("data-status") == "received"
+
+    row.get_by_role("button", name="Ack").click()
+
+    page.wait_for_selector(f"tr[data-id='{message['id']}'][data-status=acked]")
+    e2e.wait_status(sender, [message["id"]], "delivered")
+
+
 def test_simulator_says_when_the_token_is_refused_and_does_not_retry(page, e2e):
     page.goto("/simulator/")
     page.fill("#token", "not-a-token")

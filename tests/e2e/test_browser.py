@@ -54,6 +54,17 @@ def browser(shared_stack) -> Iterator[object]:
 def page(request, browser, e2e: E2E):
     context = browser.new_context(base_url=e2e.stack.base_url, viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(PAGE_TIMEOUT_MS)
+    # Offline: nothing may come from anywhere but the stack (no CDN, no font service).
+    outside: list[str] = []
+
+    def only_the_stack(route) -> None:
+        if route.request.url.startswith((e2e.stack.base_url, "data:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_the_stack)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -65,6 +76,7 @@ def page(request, browser, e2e: E2E):
         print(f"screenshot of the page: {shot}")
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not outside, f"requests that left the stack: {outside}"
 
 
 # --- the dashboard -----------------------------------------------------------------------

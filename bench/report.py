@@ -211,6 +211,33 @@ def figures(results: dict) -> list[dict]:
         add(f"p5 catch-up of {n:,}: all acks recorded", p5["all_acked_seconds"], "s")
         add("p5 catch-up frames in seq order", "yes" if p5["in_seq_order"] else "NO")
     _extra_rows(results, add, not_run)
+    if not not_run("p13", "p13 cost of recording metrics"):
+        p13 = results["p13"]
+        per_send = p13["recorded_per_send"]
+        calls = p13["call_us"]
+        add(
+            f"p13 metric values recorded per single send ({p13['accepted']:,} sends)",
+            f"HTTP {per_send['messaging_http_requests']:.2f}"
+            f" · accepted {per_send['messaging_messages_accepted']:.2f}"
+            f" · delivered {per_send['messaging_messages_delivered']:.2f}"
+            f" (timed {per_send['messaging_delivery_seconds']:.2f})",
+        )
+        add(
+            "p13 cost per recording call (multiprocess mode)",
+            f"HTTP {calls['http_request']:.1f} · accepted {calls['accepted']:.1f}"
+            f" · delivered {calls['delivered']:.1f} · counter {calls['counter']:.1f}",
+            "µs",
+        )
+        share = p13["share_percent"]
+        add(
+            "p13 metrics recording per send / CPU per send (web + worker + beat)",
+            f"{p13['recording_us_per_send']:.1f} µs / {p13['cpu_ms_per_send']:.2f} ms = {share:.2f} %"
+            if share is not None
+            else None,
+            "",
+            f"< {p13['target_percent']:g} %",
+            share is not None and share < p13["target_percent"],
+        )
     for name in ("p5", "p1", "p2", "p3", "p4", "p8", "p9", "p11"):
         cores = (results.get(name) or {}).get("cpu_cores")
         if cores:

@@ -27,6 +27,9 @@ What it does, in order (each phase with a progress bar; all traffic on 127.0.0.1
       create doing our single send's durable write) under p2's load; ingest alone (p2 with the
       worker stopped); overload (an open loop at twice p2's rate); idle WebSockets on one
       extra web process; status webhooks to a local receiver while p3's batches run again.
+   p13 (bench/metrics_cost.py): what recording the Prometheus metrics costs a single send —
+      values recorded per send (from /metrics around a short closed loop of sends) times each
+      recording call's cost (timed in multiprocess mode), over the CPU per send → percent.
    A phase whose endpoint answers 404/405 is reported "n/a: endpoint missing"; a phase that
    fails is reported failed, with the reason, and the run goes on.
 6. Prints a table (figure, value, target, ratio to the reference, pass/fail) and writes
@@ -74,6 +77,7 @@ from bench.measure import (
     redis_push_pop_rate,
     summarize_profile,
 )
+from bench.metrics_cost import metrics_cost_phase
 from bench.push import PushServers, push_phase
 from bench.stack import (
     BenchStack,
@@ -124,9 +128,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip py-spy")
     p.add_argument(
         "--phases",
-        default="1,2,3,4,5,7,8,9,10,11,12",
+        default="1,2,3,4,5,7,8,9,10,11,12,13",
         help="phases to run, e.g. 1,5 (7 reference endpoint, 8 ingest alone, 9 overload, 10 idle sockets,"
-        " 11 webhooks during batches, 12 push to offline users)",
+        " 11 webhooks during batches, 12 push to offline users, 13 cost of recording metrics)",
+    )
+    p.add_argument(
+        "--metrics-seconds", type=float, default=5, help="p13: duration of its closed loop of single sends"
     )
     p.add_argument(
         "--overload-rate", type=float, default=0, help="p9: req/s offered (0: twice p2's accepted)"
@@ -772,6 +779,9 @@ def main(argv: list[str] | None = None) -> int:
         # (their drains are bounded) would otherwise decide it.
         if "5" in phases:
             run_phase("p5", results, catchup_phase, args, stack, db, "bench-sender-0", meter=meter)
+        # Next, while the system is still idle: its CPU per send must be the sends' own.
+        if "13" in phases:
+            run_phase("p13", results, metrics_cost_phase, args, stack, load, db, fleet, ops)
 
         if "1" in phases:
             run_phase(

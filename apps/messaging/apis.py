@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from apps.accounts.permissions import CanManageDeadLetters, CanSendMessage, sender_permission
 from apps.common.ids import parse_uuid
 from apps.common.pagination import PagePagination
+from apps.common.parsers import BulkJSONParser
 from apps.common.serializers import represent
 
 from . import services
@@ -218,6 +219,7 @@ class BatchSendApi(APIView):
     """Accept up to 1,000 one-way messages: all valid and stored in one transaction, or none."""
 
     permission_classes = [CanSendMessage]
+    parser_classes = [BulkJSONParser]
 
     class BatchOutputSerializer(serializers.Serializer):
         total = serializers.IntegerField()
@@ -323,6 +325,7 @@ class BroadcastCreateApi(APIView):
     """Accept one content for many recipients; the messages are created by background tasks."""
 
     permission_classes = [CanSendBroadcast]
+    parser_classes = [BulkJSONParser]
 
     @extend_schema(request=BroadcastInputSerializer, responses={202: BroadcastOutputSerializer})
     def post(self, request: Request) -> Response:

@@ -97,10 +97,12 @@ def metrics(request: HttpRequest) -> HttpResponse:
     """Expose what every process of this host recorded, plus the backlog, in Prometheus text.
 
     The readiness checks run too (messaging_dependency_up), so a scrape sees a dependency go
-    down even when nothing polls /health/ready; if the database is down, the backlog is left out
-    rather than failing the scrape.
+    down even when nothing polls /health/ready, and every breaker's shared state is read
+    (messaging_breaker_open); if the database is down, the backlog is left out rather than
+    failing the scrape.
     """
     run_checks()
+    breaker_states()
     registry = CollectorRegistry()
     directory = os.environ.get(multiproc.ENV)
     if directory:

@@ -73,5 +73,15 @@ def run_checks() -> dict[str, str]:
 
 
 def breaker_states() -> dict[str, str]:
-    """Return each circuit breaker's shared state (closed, open, half_open, or unknown)."""
-    return breaker.states()
+    """Return each circuit breaker's shared state (closed, open, half_open, or unknown); record it.
+
+    A process records a breaker's state whenever it uses the breaker, but a breaker nobody has
+    used since the process started, or one that has since closed elsewhere, would otherwise be
+    missing from /metrics or stale there: the shared state is the truth (unknown leaves the
+    last recorded value).
+    """
+    states = breaker.states()
+    for name, state in states.items():
+        if state != "unknown":
+            metrics.breaker_state(name, state != breaker.CLOSED)
+    return states

@@ -54,6 +54,17 @@ def browser(shared_stack) -> Iterator[object]:
 def page(request, browser, e2e: E2E):
     context = browser.new_context(base_url=e2e.stack.base_url, viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(PAGE_TIMEOUT_MS)
+    # Offline: nothing may come from anywhere but the stack (no CDN, no font service).
+    outside: list[str] = []
+
+    def only_the_stack(route) -> None:
+        if route.request.url.startswith((e2e.stack.base_url, "data:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_the_stack)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -65,6 +76,7 @@ def page(request, browser, e2e: E2E):
         print(f"screenshot of the page: {shot}")
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not outside, f"requests that left the stack: {outside}"
 
 
 # --- the dashboard -----------------------------------------------------------------------
@@ -160,6 +172,25 @@ def test_simulator_receives_acks_goes_offline_and_catches_up(page, e2e):
     seqs = [int(s) for s in page.locator("#messages tr").evaluate_all("rows => rows.map(r => r.dataset.seq)")]
     assert seqs == sorted(seqs) and seqs[-1] == second["seq"] == first["seq"] + 1
     assert page.text_content("#gaps") == "none"
+
+
+def test_simulator_with_auto_ack_off_acks_only_when_asked(page, e2e):
+    sender, mobile = e2e.sender(), e2e.mobile()
+    page.goto("/simulator/")
+    _simulator_online(page, mobile.token)
+    page.uncheck("#auto-ack")
+
+    message = e2e.send(sender, mobile, "ack me by hand")
+    row = page.locator(f"tr[data-id='{message['id']}']")
+    page.wait_for_selector(f"tr[data-id='{message['id']}'][data-status=received]")
+    # Written to the socket, not acknowledged: the API says sent (never delivered yet).
+    e2e.wait_status(sender, [message["id"]], "sent")
+    assert row.get_attribute("data-status") == "received"
+
+    row.get_by_role("button", name="Ack").click()
+
+    page.wait_for_selector(f"tr[data-id='{message['id']}'][data-status=acked]")
+    e2e.wait_status(sender, [message["id"]], "delivered")
 
 
 def test_simulator_says_when_the_token_is_refused_and_does_not_retry(page, e2e):

@@ -81,6 +81,22 @@ def test_breaker_gauge_shows_an_open_breaker(anonymous_client, db, redis, settin
     assert value(scrape(anonymous_client), "messaging_breaker_open", dependency="push_apns") == 1
 
 
+def test_every_breaker_is_on_every_scrape_as_its_shared_state_says(anonymous_client, db, redis, settings):
+    guarded = breaker.breaker(breaker.PUSH_APNS)
+    guarded.reset()
+    for _ in range(settings.CIRCUIT_BREAKER_MIN_CALLS):
+        guarded.record(ok=False)  # this process saw it open
+    # Closed elsewhere (another process's trial succeeded): only the shared state says so.
+    redis.delete(*guarded.keys)
+
+    samples = scrape(anonymous_client)
+
+    assert {name: value(samples, "messaging_breaker_open", dependency=name) for name in breaker.NAMES} == {
+        name: 0 for name in breaker.NAMES
+    }
+    assert all(("messaging_breaker_open", (("dependency", name),)) in samples for name in breaker.NAMES)
+
+
 def test_dependency_gauges_come_from_the_readiness_checks(anonymous_client, db, redis):
     samples = scrape(anonymous_client)
 

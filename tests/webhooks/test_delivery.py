@@ -17,6 +17,7 @@ from apps.webhooks.models import AttemptOutcome, EventStatus, WebhookDelivery, W
 from apps.webhooks.signing import signature
 
 from ..factories import MessageFactory
+from ..ops.test_metrics import scrape
 from .conftest import endpoint_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -115,6 +116,25 @@ def test_500_is_retried_with_backoff_and_the_same_webhook_id(
         (2, "failure", 500, "HTTP 500"),
         (3, "success", 204, ""),
     ]
+
+
+def test_each_attempt_is_counted_in_the_metrics_by_its_outcome(
+    sender, mobile_user, endpoint, receiver, now, anonymous_client
+):
+    receiver.script = lambda n, request: 500 if n == 0 else 204
+    before = scrape(anonymous_client)
+    _sent(sender, mobile_user, now=now)
+
+    delivery.lane_run(endpoint_id=endpoint.pk, now=now)
+    delivery.lane_run(endpoint_id=endpoint.pk, now=WebhookEvent.objects.get().next_attempt_at)
+
+    after = scrape(anonymous_client)
+    counted = {
+        key[1]: after[key] - before.get(key, 0.0)
+        for key in after
+        if key[0] == "messaging_webhook_deliveries_total" and after[key] != before.get(key, 0.0)
+    }
+    assert counted == {(("outcome", "failure"),): 1, (("outcome", "success"),): 1}
 
 
 def test_redirect_is_a_failure_and_not_followed(sender, mobile_user, endpoint, receiver, now):

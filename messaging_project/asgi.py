@@ -24,6 +24,10 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from apps.realtime.auth import TokenAuthMiddleware  # noqa: E402
 from apps.realtime.routing import websocket_urlpatterns  # noqa: E402
 from apps.realtime.security import origin_validated  # noqa: E402
+from messaging_project import prompt_writes  # noqa: E402
+
+# Under daphne: socket writes leave on the next loop turn, without an epoll round each.
+prompt_writes.install()
 
 application = ProtocolTypeRouter(
     {

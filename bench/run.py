@@ -8,7 +8,8 @@ What it does, in order (each phase with a progress bar; all traffic on 127.0.0.1
    worker (2 processes) and beat with the default (production) timings, against it and a
    private redis-server (tests/e2e/harness.py's Stack, see bench/stack.py).
 2. Creates enterprise senders (allowed to broadcast) and mobile users with tokens (bulk).
-3. Measures the same-box references: multi-row INSERTs into PostgreSQL, LPUSH/BRPOP on Redis.
+3. Measures the same-box references: multi-row INSERTs into PostgreSQL, LPUSH/BRPOP on Redis,
+   and a durable RabbitMQ queue (publish with confirms → consume with acks), if one answers.
 4. Connects the WebSocket clients (a child process), each acking every message it receives.
 5. Phases:
    p1 single sends at a fixed rate → API latency, end-to-end latency (request sent → frame at
@@ -68,12 +69,14 @@ from bench import phases as extra
 from bench import report
 from bench.clients import FleetHandle, catchup_run, fleet_main
 from bench.measure import (
+    RABBITMQ_URL,
     CpuMeter,
     MemorySampler,
     PgActivitySampler,
     Profiler,
     postgres_insert_rate,
     profile_text,
+    rabbitmq_durable_rate,
     redis_push_pop_rate,
     summarize_profile,
 )
@@ -124,7 +127,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--catchup", type=int, default=10_000, help="p5: pending messages of the offline user")
     p.add_argument("--drain-seconds", type=float, default=30, help="longest wait for deliveries per phase")
     p.add_argument("--reference-seconds", type=float, default=4, help="each reference loop's duration")
-    p.add_argument("--ack-mode", choices=("coalesce", "each"), default="coalesce")
+    p.add_argument(
+        "--ack-mode",
+        choices=("coalesce", "each"),
+        default="coalesce",
+        help="how the WebSocket clients (and the RabbitMQ reference's consumer) ack",
+    )
+    p.add_argument(
+        "--rabbitmq-url",
+        default=RABBITMQ_URL,
+        help="RabbitMQ of the same-box reference ('' skips it; unreachable: reported, not measured)",
+    )
+    p.add_argument(
+        "--rabbitmq-messages",
+        type=int,
+        # 20,000 take about a second here: too short a run to be steady.
+        default=50_000,
+        help="RabbitMQ reference: messages through the queue",
+    )
+    p.add_argument(
+        "--rabbitmq-window",
+        type=int,
+        default=0,
+        help="RabbitMQ reference: most unconfirmed publishes (0: as many as p3 has in flight,"
+        " --batch-size x --batch-concurrency)",
+    )
+    p.add_argument("--rabbitmq-prefetch", type=int, default=500, help="RabbitMQ reference: consumer prefetch")
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip py-spy")
     p.add_argument(
         "--phases",
@@ -627,6 +655,23 @@ def catchup_phase(args, stack: BenchStack, db: Db, sender_username: str) -> dict
 # --- the run --------------------------------------------------------------------------------
 
 
+def rabbitmq_reference(args) -> dict:
+    """Measure the RabbitMQ reference; whatever goes wrong is reported, the bench goes on."""
+    if not args.rabbitmq_url:
+        return {"not_measured": "--rabbitmq-url is empty"}
+    try:
+        return rabbitmq_durable_rate(
+            args.rabbitmq_url,
+            messages=args.rabbitmq_messages,
+            window=args.rabbitmq_window or min(args.batch_size, 1000) * args.batch_concurrency,
+            prefetch=args.rabbitmq_prefetch,
+            ack_mode=args.ack_mode,
+        )
+    except Exception as exc:  # noqa: BLE001 - a reference that fails is reported, the run goes on
+        traceback.print_exc()
+        return {"not_measured": f"{type(exc).__name__}: {exc}"[:300]}
+
+
 def run_phase(name: str, results: dict, fn, *fn_args, meter: CpuMeter | None = None) -> Any:
     """Run one phase; record a failure (with its traceback) instead of stopping the run.
 
@@ -740,15 +785,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         db = Db(database_url(args.database))
 
-        print(f"bench: references ({args.reference_seconds:g} s each)")
+        print(
+            f"bench: references ({args.reference_seconds:g} s each;"
+            f" RabbitMQ {args.rabbitmq_messages:,} messages)"
+        )
         results["reference"] = {
             "postgres": postgres_insert_rate(database_url(args.database), seconds=args.reference_seconds),
             "redis": redis_push_pop_rate(stack.redis_url, seconds=args.reference_seconds),
+            "rabbitmq": rabbitmq_reference(args),
         }
         ref = results["reference"]
+        rabbit = ref["rabbitmq"]
         print(
             f"  PostgreSQL {ref['postgres']['rows_per_s']:,.0f} rows/s;"
-            f" Redis {ref['redis']['ops_per_s']:,.0f} ops/s"
+            f" Redis {ref['redis']['ops_per_s']:,.0f} ops/s;"
+            + (
+                f" RabbitMQ {rabbit['delivered_per_s']:,.0f} msg/s delivered+acked"
+                if "delivered_per_s" in rabbit
+                else f" RabbitMQ not measured: {rabbit['not_measured']}"
+            )
         )
 
         parent, child = multiprocessing.get_context("spawn").Pipe()

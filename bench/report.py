@@ -188,7 +188,7 @@ def figures(results: dict) -> list[dict]:
             add(
                 "p3 stages p50/p95: stored→sent · sent→frame · frame→ack recorded",
                 " · ".join(
-                    f"{_ms(stages[key]['p50'])}/{_ms(stages[key]['p95'])}"
+                    f"{_whole_ms(stages[key]['p50'])}/{_whole_ms(stages[key]['p95'])}"
                     for key in ("stored_to_sent_ms", "sent_to_frame_ms", "frame_to_ack_recorded_ms")
                 )
                 + " ms",
@@ -591,5 +591,5 @@ def plot(results: dict, timeline: list[tuple[float, float | None]], path: Path) 
     plt.close(fig)
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+def _whole_ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"

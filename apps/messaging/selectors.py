@@ -13,7 +13,7 @@ from django.db.models.expressions import RawSQL
 from apps.accounts.models import User
 from apps.accounts.party import Party
 from apps.common import clock
-from apps.common.ids import parse_uuid
+from apps.common.ids import parse_uuid, pg_array
 
 from .models import Broadcast, DeadLetter, DeliveryAttempt, Message, Status
 
@@ -99,14 +99,14 @@ def addressed_to_claimers(claims: Mapping[uuid.UUID, Party]) -> Q:
     # claimer: a hashed lookup of the (id, recipient) pairs.
     table = Message._meta.db_table
     sql = [f'"{table}"."id" = ANY(%s::uuid[])']
-    params: list[object] = [ids]
+    params: list[object] = [pg_array(ids)]
     ownership = []
     for column, (pks, owners) in owned.items():
         if pks:
             ownership.append(
                 f'("{table}"."id", "{table}"."{column}") IN (SELECT * FROM unnest(%s::uuid[], %s::bigint[]))'
             )
-            params += [pks, owners]
+            params += [pg_array(pks), pg_array(owners)]
     sql.append(f"({' OR '.join(ownership)})")
     return Q(RawSQL(" AND ".join(sql), params, output_field=BooleanField()))
 

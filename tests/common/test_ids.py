@@ -9,7 +9,7 @@ from django.db import connection
 from django.db.models import Q
 
 from apps.accounts.models import MobileUser
-from apps.common.ids import in_ids
+from apps.common.ids import in_ids, pg_array
 from apps.media.models import Media
 from apps.messaging import services
 from apps.messaging.models import Message
@@ -48,4 +48,19 @@ def test_on_postgresql_it_is_one_array_parameter(sender):
     ).query.sql_with_params()
     if connection.vendor == "postgresql":
         assert "= ANY(%s::uuid[])" in sql
-        assert len(params) == 1 and len(params[0]) == 2
+        assert len(params) == 1 and params[0].count(",") == 1  # one text array of two
+
+
+def test_the_array_text_holds_exactly_the_ids_given():
+    a, b = uuid.uuid4(), uuid.uuid4()
+    assert pg_array([a, str(b).upper(), 7, "-3"]) == f"{{{a},{str(b).upper()},7,-3}}"
+    assert pg_array([]) == "{}"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a,b", "{1}", "1}", '"x"', "", " 1", "NULL", 1.5, True, None, b"1", "1;2", f"{uuid.uuid4()},1"],
+)
+def test_a_value_that_could_change_the_arrays_shape_is_refused(value):
+    with pytest.raises(ValueError):
+        pg_array([uuid.uuid4(), value])

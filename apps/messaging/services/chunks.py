@@ -54,7 +54,8 @@ def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
     )
     report.skipped = len(message_ids) - len(messages)
     now = clock.now()
-    expired = [m.pk for m in messages if m.expires_at and m.expires_at <= now]
+    now_s = now.timestamp()  # rows carry their times as epoch seconds
+    expired = [m.pk for m in messages if m.expires_at is not None and m.expires_at <= now_s]
     if expired:
         report.failed += len(messages_fail(Message.objects.filter(pk__in=expired), reason="expired"))
     inactive = [m.pk for m in messages if m.pk not in expired and not m.recipient_is_active]
@@ -63,12 +64,12 @@ def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
             messages_fail(Message.objects.filter(pk__in=inactive), reason="recipient deactivated")
         )
     done = set(expired) | set(inactive)
-    due_at = now + DUE_TOLERANCE
+    due_at = (now + DUE_TOLERANCE).timestamp()
     live = []
     for m in messages:
         if m.pk in done:
             continue
-        if m.status == Status.PENDING and m.next_attempt_at and m.next_attempt_at > due_at:
+        if m.status == Status.PENDING and m.next_attempt_at is not None and m.next_attempt_at > due_at:
             report.not_due += 1
             continue
         live.append(m)

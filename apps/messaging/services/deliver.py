@@ -99,13 +99,17 @@ def recipient_deliver_backlog(*, recipient: Party) -> int:
     """
     if not presence.is_online(recipient):
         return 0
-    now = clock.now()
+    now = clock.now().timestamp()  # rows carry their times as epoch seconds
     undelivered = undelivered_for_recipient(recipient=recipient)
     if strict_ordering():
         first = next(iter(outgoing.rows(undelivered[:1])), None)
         if first is None or first.status == Status.SENT:
             return 0
-        if first.status == Status.PENDING and first.next_attempt_at and first.next_attempt_at > now:
+        if (
+            first.status == Status.PENDING
+            and first.next_attempt_at is not None
+            and first.next_attempt_at > now
+        ):
             return 0
         batch = [first]
     else:

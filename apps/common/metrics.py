@@ -12,8 +12,8 @@ Callers pass status codes and names as they are; the label values are closed set
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -70,19 +70,19 @@ def messages_accepted(*, kind: str, priority: str, count: int = 1) -> None:
     MESSAGES_ACCEPTED.labels(kind=kind, priority=priority).inc(count)
 
 
-def messages_moved(*, to: str, count: int, reason: str = "", accepted_at: Iterable[datetime] = ()) -> None:
+def messages_moved(*, to: str, count: int, reason: str = "", accepted_at: Iterable[float] = ()) -> None:
     """Count `count` messages moved to status `to` (delivered, read or failed; others are ignored).
 
     For `delivered`, observe accepted → now in messaging_delivery_seconds for each time in
-    `accepted_at` (the messages' created_at). `reason` labels `failed`.
+    `accepted_at` (the messages' created_at, epoch seconds). `reason` labels `failed`.
     """
     if count <= 0:
         return
     if to == DELIVERED:
         MESSAGES_DELIVERED.inc(count)
-        now = datetime.now(UTC)
+        now = time.time()
         for at in accepted_at:
-            DELIVERY_SECONDS.observe(max(0.0, (now - at).total_seconds()))
+            DELIVERY_SECONDS.observe(max(0.0, now - at))
     elif to == READ:
         MESSAGES_READ.inc(count)
     elif to == FAILED:

@@ -26,7 +26,7 @@ class Changed(Protocol):
     sender_mobile_id: int | None
     recipient_id: int | None  # the mobile recipient, None for a business recipient
     correlation_id: str
-    created_at: datetime
+    created_at: float  # epoch seconds
 
 
 @dataclass(frozen=True)

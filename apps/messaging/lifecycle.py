@@ -90,7 +90,7 @@ class _Row:
     sender_mobile_id: int | None
     recipient_id: int | None
     correlation_id: str
-    created_at: datetime
+    created_at: float  # epoch seconds (the delivery-time histogram's start)
 
     @property
     def author(self) -> tuple[str, int]:
@@ -194,7 +194,6 @@ _RETURNED = (
     "sender_mobile_id",
     "recipient_id",
     "correlation_id",
-    "created_at",
 )
 
 
@@ -223,7 +222,10 @@ def _move_in_one_statement(
     update = UpdateQuery(Message)
     update.add_update_values(values)
     update_sql, update_params = update.get_compiler(connection=connection).as_sql()
+    # created_at as epoch seconds: a float loads in C, a timestamptz through Django's Python
+    # loader (about 5 us a row, for every ack).
     returned = ", ".join(f'"{table}"."{column}"' for column in _RETURNED)
+    returned += f""", date_part('epoch', "{table}"."created_at")"""
     sql = (
         f'WITH claim AS (SELECT id, status FROM "{table}" WHERE id = ANY(ARRAY({inner_sql}))'
         " ORDER BY id FOR UPDATE), "
@@ -249,7 +251,7 @@ def _move_locked_then_update(
 ) -> tuple[list[_Row], int]:
     """Lock and read the rows, then update them (other databases: SQLite locks the whole file)."""
     rows = [
-        _Row(*row)
+        _Row(*row[:-1], row[-1].timestamp())
         for row in messages.filter(status__in=sources)
         .select_for_update()
         .order_by("pk")

@@ -42,7 +42,7 @@ def exposed_names(text: str) -> set[str]:
 
 
 def test_every_metric_an_alert_uses_is_exposed_after_some_traffic(anonymous_client, db, redis):
-    metrics.messages_moved(to="delivered", count=1, accepted_at=[datetime.now(UTC)])
+    metrics.messages_moved(to="delivered", count=1, accepted_at=[datetime.now(UTC).timestamp()])
     metrics.messages_moved(to="failed", count=1, reason="expired")
     breaker.breaker(breaker.PUSH_FCM).reset()
     anonymous_client.get("/health/live")

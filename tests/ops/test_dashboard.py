@@ -118,7 +118,9 @@ def test_rates_and_latency_follow_the_metrics_between_samples(staff_client, redi
     first = staff_client.get("/ops/stats.json").json()
     metrics.messages_accepted(kind="one_way", priority="normal", count=40)
     now = datetime.now(UTC)
-    metrics.messages_moved(to="delivered", count=40, accepted_at=[now - timedelta(milliseconds=30)] * 40)
+    metrics.messages_moved(
+        to="delivered", count=40, accepted_at=[(now - timedelta(milliseconds=30)).timestamp()] * 40
+    )
     expire_current()
 
     second = staff_client.get("/ops/stats.json").json()

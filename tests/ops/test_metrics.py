@@ -51,7 +51,9 @@ def test_message_recording_functions_count_and_observe(anonymous_client, db, red
     before = scrape(anonymous_client)
     metrics.messages_accepted(kind="one_way", priority="high", count=5)
     now = datetime.now(UTC)
-    metrics.messages_moved(to="delivered", count=2, accepted_at=[now - timedelta(seconds=2), now])
+    metrics.messages_moved(
+        to="delivered", count=2, accepted_at=[(now - timedelta(seconds=2)).timestamp(), now.timestamp()]
+    )
     metrics.messages_moved(to="read", count=1)
     metrics.messages_moved(to="failed", count=3, reason="expired")
     metrics.messages_moved(to="pending", count=9)

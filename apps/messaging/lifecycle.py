@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,6 +23,7 @@ from django.db.models.sql.subqueries import UpdateQuery
 
 from apps.accounts.models import PartyKind
 from apps.common import clock, metrics
+from apps.common.ids import pg_array
 from apps.messaging import events, hooks
 
 from .models import Channel, DeliveryAttempt, Kind, Message, Outcome, Status
@@ -121,7 +123,7 @@ def _stamps(target: str, now: datetime, reason: str) -> dict:
 
 
 def transition(
-    messages: QuerySet[Message],
+    messages: QuerySet[Message] | Collection[uuid.UUID | str],
     *,
     to: str,
     reason: str = "",
@@ -131,10 +133,12 @@ def transition(
 ) -> list[Moved]:
     """Move the messages of `messages` that may reach `to` there; return those that moved.
 
-    `changes` are further column updates made in the same statement (e.g. `next_attempt_at`);
-    `close_attempts` settles the moved messages' open attempts in that statement too.
-    Rows are locked in primary-key order, so concurrent bulk transitions cannot deadlock, and
-    the update repeats the status condition, so it stays a compare-and-set on any database.
+    `messages` is a queryset, or the messages' ids (then no query selects them: the statement
+    locks them by primary key from the ids given). `changes` are further column updates made
+    in the same statement (e.g. `next_attempt_at`); `close_attempts` settles the moved
+    messages' open attempts in that statement too. Rows are locked in primary-key order, so
+    concurrent bulk transitions cannot deadlock, and the update repeats the status condition,
+    so it stays a compare-and-set on any database.
 
     Chat messages have two more consequences, kept here so that no status change can miss
     them: becoming `read` lowers their conversation's unread counter for the recipient's side
@@ -149,6 +153,10 @@ def transition(
     values = {"status": to, **_stamps(to, now, reason), **changes}
     # No savepoint: nothing here catches a database error, so the caller's transaction (if any)
     # fails as a whole, and a receipt costs two round trips less.
+    if not isinstance(messages, QuerySet):
+        messages = list(messages)
+        if not messages:
+            return []
     with transaction.atomic(savepoint=False):
         if connection.vendor == "postgresql":
             rows = _move_in_one_statement(messages, sources, values, close_attempts)
@@ -198,7 +206,10 @@ _RETURNED = (
 
 
 def _move_in_one_statement(
-    messages: QuerySet[Message], sources: frozenset[str], values: dict, close_attempts: CloseAttempts | None
+    messages: QuerySet[Message] | list[uuid.UUID | str],
+    sources: frozenset[str],
+    values: dict,
+    close_attempts: CloseAttempts | None,
 ) -> list[_Row]:
     """Lock (in id order), compare and update the rows of `messages` in one statement (PostgreSQL).
 
@@ -212,13 +223,18 @@ def _move_in_one_statement(
     from it; the status is not a condition of that scan. With `id IN (subquery) AND status =
     ANY(…)` the planner may start from the partial index of undelivered messages instead, and
     probe the subquery once per undelivered row: with a fresh table's guessed statistics it
-    did (a tick's 224 acks took 1.1 s against 5,500 undelivered messages, not 2 ms).
+    did (a tick's 224 acks took 1.1 s against 5,500 undelivered messages, not 2 ms). Ids given
+    as such are that array already (one text parameter).
     """
     table = Message._meta.db_table
-    try:
-        inner_sql, inner_params = messages.order_by().values("pk").query.sql_with_params()
-    except EmptyResultSet:  # e.g. `pk__in=[]`: nothing to move, nothing to ask
-        return []
+    if isinstance(messages, QuerySet):
+        try:
+            inner_sql, inner_params = messages.order_by().values("pk").query.sql_with_params()
+        except EmptyResultSet:  # e.g. `pk__in=[]`: nothing to move, nothing to ask
+            return []
+        candidates, candidate_params = f"ARRAY({inner_sql})", list(inner_params)
+    else:
+        candidates, candidate_params = "%s::uuid[]", [pg_array(messages)]
     update = UpdateQuery(Message)
     update.add_update_values(values)
     update_sql, update_params = update.get_compiler(connection=connection).as_sql()
@@ -227,12 +243,12 @@ def _move_in_one_statement(
     returned = ", ".join(f'"{table}"."{column}"' for column in _RETURNED)
     returned += f""", date_part('epoch', "{table}"."created_at")"""
     sql = (
-        f'WITH claim AS (SELECT id, status FROM "{table}" WHERE id = ANY(ARRAY({inner_sql}))'
+        f'WITH claim AS (SELECT id, status FROM "{table}" WHERE id = ANY({candidates})'
         " ORDER BY id FOR UPDATE), "
         f'moved AS ({update_sql} FROM claim WHERE "{table}"."id" = claim.id AND claim.status = ANY(%s)'
         f" RETURNING {returned}, claim.status AS previous)"
     )
-    params = [*inner_params, *update_params, list(sources)]
+    params = [*candidate_params, *update_params, sorted(sources)]
     if close_attempts is not None:
         sql += (
             f', closed AS (UPDATE "{DeliveryAttempt._meta.db_table}" AS a SET outcome = %s, error = %s'
@@ -247,9 +263,14 @@ def _move_in_one_statement(
 
 
 def _move_locked_then_update(
-    messages: QuerySet[Message], sources: frozenset[str], values: dict, close_attempts: CloseAttempts | None
+    messages: QuerySet[Message] | list[uuid.UUID | str],
+    sources: frozenset[str],
+    values: dict,
+    close_attempts: CloseAttempts | None,
 ) -> tuple[list[_Row], int]:
     """Lock and read the rows, then update them (other databases: SQLite locks the whole file)."""
+    if not isinstance(messages, QuerySet):
+        messages = Message.objects.filter(pk__in=messages)
     rows = [
         _Row(*row[:-1], row[-1].timestamp())
         for row in messages.filter(status__in=sources)
@@ -311,4 +332,4 @@ def _chat_consequences(rows: list[_Row], *, to: str, now: datetime) -> None:
 
 def transition_one(message_id: uuid.UUID | str, *, to: str, **kwargs) -> bool:
     """Move one message; return whether it moved."""
-    return bool(transition(Message.objects.filter(pk=message_id), to=to, **kwargs))
+    return bool(transition([message_id], to=to, **kwargs))

@@ -16,7 +16,6 @@ from django.db import transaction
 from apps.accounts import presence
 from apps.accounts.party import Party
 from apps.common import bridge, clock
-from apps.common.ids import in_ids
 from apps.common.logging import get_correlation_id
 from apps.devices.services import push_schedule
 
@@ -196,7 +195,7 @@ def messages_mark_sent(message_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     now = clock.now()
     with transaction.atomic():
         moved = lifecycle.transition(
-            Message.objects.filter(in_ids(Message, message_ids)),
+            message_ids,
             to=Status.SENT,
             now=now,
             next_attempt_at=ack_deadline(now),

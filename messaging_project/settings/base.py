@@ -239,6 +239,17 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Guaranteed business-to-mobile messaging",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Request bodies get components of their own, so that what validation refuses (blank
+    # strings, empty lists) is documented as refused rather than only in responses.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Who may call each operation (tags) and how ids flow between operations (links).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "apps.ops.schema.audience_tags",
+        "apps.ops.schema.id_links",
+        "apps.ops.schema.request_examples",
+        "apps.ops.schema.json_request_bodies",
+    ],
 }
 
 # --- Delivery (SPEC.md section 2 and 7) --------------------------------------------------

@@ -82,7 +82,9 @@ class ConversationsApi(APIView):
         status = serializers.ChoiceField(choices=ConversationStatus.choices, required=False)
 
     @extend_schema(
-        request=InputSerializer, responses={200: ConversationSerializer, 201: ConversationSerializer}
+        request=InputSerializer,
+        responses={200: ConversationSerializer, 201: ConversationSerializer},
+        tags=["senders"],  # mobile users list and read conversations; only senders start them
     )
     def post(self, request: Request) -> Response:
         """Start a conversation with a mobile user, or return the open one (get-or-create)."""

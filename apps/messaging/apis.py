@@ -50,6 +50,14 @@ from .services import (
 )
 
 CanSendBroadcast = sender_permission("send_broadcast")
+# 1 to 255 printable characters (documented as printable ASCII, at least one not a space).
+IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
+    "Idempotency-Key",
+    {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]*[!-~][ -~]*$"},
+    OpenApiParameter.HEADER,
+    description="Replaying a key with the same body returns the original answer (200); "
+    "with another body, 422. Scoped to the sender, kept at least 24 h.",
+)
 
 
 class MessageSendApi(APIView):
@@ -60,7 +68,7 @@ class MessageSendApi(APIView):
     @extend_schema(
         request=OneWayMessageInputSerializer,
         responses={200: MessageSerializer, 202: MessageSerializer},
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
     )
     def post(self, request: Request) -> Response:
         serializer = OneWayMessageInputSerializer(data=request.data)
@@ -236,7 +244,7 @@ class BatchSendApi(APIView):
             },
         ),
         responses={200: BatchOutputSerializer, 202: BatchOutputSerializer},
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
     )
     def post(self, request: Request) -> Response:
         items = request.data.get("messages") if isinstance(request.data, dict) else None

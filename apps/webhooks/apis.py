@@ -26,7 +26,11 @@ URL_MAX_LENGTH = 2000
 
 def _events_field(**kwargs) -> serializers.ListField:
     return serializers.ListField(
-        child=serializers.ChoiceField(choices=EventType.choices), allow_empty=False, max_length=20, **kwargs
+        child=serializers.ChoiceField(choices=EventType.choices),
+        allow_empty=False,
+        min_length=1,
+        max_length=20,
+        **kwargs,
     )
 
 

@@ -102,15 +102,31 @@ def with_connection_pool(database: dict) -> dict:
 
 
 def with_connect_timeout(database: dict) -> dict:
-    """Bound a PostgreSQL connection attempt (DATABASE_CONNECT_TIMEOUT seconds, libpq's own).
+    """Bound how long PostgreSQL may leave a connection without an answer, libpq's own options.
 
-    Without it, a database host that accepts and never answers (a blackholed network) holds a
-    connection attempt for the kernel's TCP timeout, minutes.
+    `connect_timeout` (DATABASE_CONNECT_TIMEOUT, 2 s): a database host that accepts and never
+    answers (a blackholed network) would hold a connection attempt for the kernel's TCP timeout,
+    minutes. `tcp_user_timeout` (DATABASE_TCP_USER_TIMEOUT, 3 s) with keepalives: a connection
+    already established whose packets stop being acknowledged (the network or host went away
+    mid-query) is dropped by the kernel after that long, whether the query is still being sent
+    (its data unacknowledged) or its answer awaited (keepalive probes unacknowledged), and the
+    request fails with OperationalError (503) instead of waiting up to 15 minutes for TCP's
+    retransmissions to give up. A busy server does not trip it: its kernel acknowledges
+    whatever its backend has not yet read.
     """
     if database["ENGINE"] == "django.db.backends.postgresql":
-        database.setdefault("OPTIONS", {}).setdefault(
-            "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=2)
-        )
+        user_timeout = env.float("DATABASE_TCP_USER_TIMEOUT", default=3)
+        options = database.setdefault("OPTIONS", {})
+        options.setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=2))
+        if user_timeout > 0:
+            options.setdefault("tcp_user_timeout", int(user_timeout * 1000))
+            options.setdefault("keepalives", 1)
+            # The first probe after this long without a packet from the server, then one a
+            # second; with tcp_user_timeout set, the kernel drops the connection once it has
+            # heard nothing for that long and a probe is unanswered.
+            options.setdefault("keepalives_idle", max(1, int(user_timeout) // 2))
+            options.setdefault("keepalives_interval", 1)
+            options.setdefault("keepalives_count", max(1, int(user_timeout)))
     return database
 
 
@@ -223,6 +239,17 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Guaranteed business-to-mobile messaging",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Request bodies get components of their own, so that what validation refuses (blank
+    # strings, empty lists) is documented as refused rather than only in responses.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Who may call each operation (tags) and how ids flow between operations (links).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "apps.ops.schema.audience_tags",
+        "apps.ops.schema.id_links",
+        "apps.ops.schema.request_examples",
+        "apps.ops.schema.json_request_bodies",
+    ],
 }
 
 # --- Delivery (SPEC.md section 2 and 7) --------------------------------------------------

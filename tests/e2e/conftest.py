@@ -40,8 +40,10 @@ def e2e_database_name(django_db_setup) -> str:
     return connection.settings_dict["NAME"]
 
 
-def _start_stack(database_name: str, workdir) -> Stack:
+def start_stack(database_name: str, workdir, env: dict[str, str] | None = None) -> Stack:
+    """Start a stack on `database_name`, its processes given `env` on top of the defaults."""
     stack = Stack(database_name=database_name, workdir=workdir)
+    stack.env.update(env or {})
     try:
         return stack.start()
     except BaseException:
@@ -51,14 +53,14 @@ def _start_stack(database_name: str, workdir) -> Stack:
 
 @pytest.fixture(scope="module")
 def shared_stack(e2e_database_name, tmp_path_factory) -> Iterator[Stack]:
-    stack = _start_stack(e2e_database_name, tmp_path_factory.mktemp("stack"))
+    stack = start_stack(e2e_database_name, tmp_path_factory.mktemp("stack"))
     yield stack
     stack.close()
 
 
 @pytest.fixture
 def own_stack(e2e_database_name, tmp_path_factory) -> Iterator[Stack]:
-    stack = _start_stack(e2e_database_name, tmp_path_factory.mktemp("stack"))
+    stack = start_stack(e2e_database_name, tmp_path_factory.mktemp("stack"))
     yield stack
     stack.close()
 

@@ -525,6 +525,11 @@ class MobileSocket:
         with contextlib.suppress(ConnectionClosed):
             self._conn.send(json.dumps(frame))
 
+    def send_raw(self, data: str | bytes) -> None:
+        """Send `data` as it is: a text frame (str) or a binary frame (bytes)."""
+        with contextlib.suppress(ConnectionClosed):
+            self._conn.send(data)
+
     def ack(self, ids: list[str]) -> None:
         self.send({"type": "ack", "message_ids": ids})
 

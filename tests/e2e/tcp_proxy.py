@@ -3,18 +3,37 @@
 `cut("refuse")` closes every proxied connection and stops listening, so new connections are
 refused (a database host that is down); `cut("blackhole")` closes them too but keeps
 accepting new ones and never answers (a network that drops packets: the client waits for its
-own timeout). `restore()` forwards again, on the same port. Threads, one pair per connection:
-the processes under test hold a handful.
+own timeout). `cut("stall")` keeps every connection open but forwards nothing more, either way,
+and drops every packet the clients send it, so their kernels see nothing acknowledged: what a
+network that stops carrying packets does to connections in the middle of a query (a proxy
+that merely stopped reading would not do: its kernel would still acknowledge the bytes). New
+connections meet the same. `restore()` forwards again, on the same port (the connections cut,
+blackholed or stalled are closed first). Threads, one pair per connection: the processes under
+test hold a handful.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import socket
+import struct
 import threading
 
 REFUSE = "refuse"
 BLACKHOLE = "blackhole"
+STALL = "stall"
+
+# A classic BPF socket filter of one instruction, `ret #0`: every packet arriving for the socket
+# is dropped before TCP sees it, so none is acknowledged (Linux; no privilege needed).
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+_DROP_ALL = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF_RET | BPF_K, 0
+_DROP_ALL_PROGRAM = struct.pack("HL", 1, ctypes.addressof(_DROP_ALL))  # struct sock_fprog
+
+
+def drop_every_packet(sock: socket.socket) -> None:
+    """Make the kernel drop, unacknowledged, every packet that arrives for `sock`."""
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, _DROP_ALL_PROGRAM)
 
 
 class TcpProxy:
@@ -25,6 +44,7 @@ class TcpProxy:
         self.mode = "open"
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
+        self._clients: set[socket.socket] = set()  # the accepted ends (the processes' side)
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
         self.accepted = 0
@@ -36,16 +56,22 @@ class TcpProxy:
         return self
 
     def cut(self, mode: str) -> None:
-        """Close every connection; then refuse or blackhole new ones (see the module docstring)."""
-        assert mode in (REFUSE, BLACKHOLE), mode
+        """Refuse, blackhole or stall (see the module docstring)."""
+        assert mode in (REFUSE, BLACKHOLE, STALL), mode
         with self._lock:
             self.mode = mode
+            clients = list(self._clients)
+        if mode == STALL:
+            for client in clients:
+                with contextlib.suppress(OSError):
+                    drop_every_packet(client)
+            return
         if mode == REFUSE:
             self._stop_listening()
         self._close_all()
 
     def restore(self) -> None:
-        """Forward new connections again (those held by a blackhole are closed first)."""
+        """Forward new connections again (those blackholed or stalled are closed first)."""
         refused = self.mode == REFUSE
         with self._lock:
             self.mode = "open"
@@ -92,7 +118,10 @@ class TcpProxy:
             with self._lock:
                 mode = self.mode
                 self._sockets.add(client)
-            if mode == BLACKHOLE:
+                self._clients.add(client)
+            if mode == STALL:
+                drop_every_packet(client)
+            if mode in (BLACKHOLE, STALL):
                 continue  # held open, never read, never answered
             threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
@@ -114,6 +143,8 @@ class TcpProxy:
     def _pipe(self, source: socket.socket, target: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                if self.mode == STALL:
+                    continue  # lost on the way
                 target.sendall(data)
         except OSError:
             pass
@@ -123,6 +154,7 @@ class TcpProxy:
     def _drop(self, sock: socket.socket) -> None:
         with self._lock:
             self._sockets.discard(sock)
+            self._clients.discard(sock)
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()

@@ -299,7 +299,7 @@ def _call(client: APIClient, method: str, path: str, body: dict | None):
 
 def test_others_get_404_or_403_on_every_route_and_nothing_changes(world):
     callers = {"sender B": client_for(world.b), "mobile N": client_for(world.n)}
-    failures, calls = [], 0
+    failures, calls, statuses = [], 0, {}
     for route, method, label, values, missing in _calls(world):
         body = BODIES.get((route.route, method))
         for caller, client in callers.items():
@@ -307,6 +307,7 @@ def test_others_get_404_or_403_on_every_route_and_nothing_changes(world):
             response = _call(client, method, route.path(values), body)
             after = snapshot()
             calls += 1
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             what = f"{caller} {method.upper()} {route.route} on {label}"
             if response.status_code not in (403, 404):
                 failures.append(f"{what}: {response.status_code} {response.content[:200]!r}")
@@ -323,6 +324,10 @@ def test_others_get_404_or_403_on_every_route_and_nothing_changes(world):
     assert not failures, "\n".join(failures)
     # Two callers x every (route, method, object) of the URL conf.
     assert calls >= 2 * 20, calls
+    print(
+        f"\nHOSTILE tenants_http: routes={len({r.route for r, *_ in _calls(world)})} calls={calls} "
+        f"403={statuses.get(403, 0)} 404={statuses.get(404, 0)} other=0 changed=0"
+    )
 
 
 def test_the_owners_reach_their_own_objects(world):
@@ -457,6 +462,30 @@ def _message_rows() -> list[tuple]:
     )
 
 
+# Every client frame type of the sockets (apps/realtime/consumers.py FRAME_HANDLERS) is tried on
+# the other party's objects below, or named here with why it names none: a new frame type
+# fails test_every_socket_frame_type_is_covered until it is one or the other.
+SOCKET_FRAMES_TRIED = {"ack", "read", "chat.send", "typing"}
+SOCKET_FRAMES_EXEMPT = {"ping": "a heartbeat; names no object"}
+
+
+def test_every_socket_frame_type_is_covered():
+    from apps.realtime.consumers import FRAME_HANDLERS
+
+    assert set(FRAME_HANDLERS) == SOCKET_FRAMES_TRIED | set(SOCKET_FRAMES_EXEMPT)
+    assert not SOCKET_FRAMES_TRIED & set(SOCKET_FRAMES_EXEMPT)
+
+
+def _socket_state() -> dict[str, list[dict]]:
+    """Every row a frame could change, but those the owners' own catch-up changes."""
+    state = snapshot()
+    # The owners' own catch-up moves their messages to `sent` (sent_at, attempts, A's
+    # `message.sent` webhook events): messages are compared apart, by what a receipt would set.
+    for label in ("messaging.Message", "messaging.DeliveryAttempt", "webhooks.WebhookEvent"):
+        state.pop(label)
+    return state
+
+
 def test_socket_frames_on_another_partys_objects_are_ignored_or_refused(world):
     from asgiref.sync import async_to_sync
 
@@ -465,7 +494,15 @@ def test_socket_frames_on_another_partys_objects_are_ignored_or_refused(world):
     tokens = {p: token_create(owner=p) for p in (world.a, world.b, world.m, world.n)}
     theirs_to_m = [str(world.one_way.pk), str(world.chat_from_a.pk)]
     conversation = str(world.conversation_id)
-    before = _message_rows()
+    own_conversations = {
+        world.n: str(_nth_conversation(world.n)),
+        world.b: str(_conversation_of(world.b, world.n).pk),
+    }
+    before, state_before = _message_rows(), _socket_state()
+    tried: dict[str, int] = {}
+
+    def count(kind: str) -> None:
+        tried[kind] = tried.get(kind, 0) + 1
 
     async def scenario() -> None:
         async with (
@@ -482,6 +519,8 @@ def test_socket_frames_on_another_partys_objects_are_ignored_or_refused(world):
             for kind in ("ack", "read"):
                 await send_frame(n, {"type": kind, "message_ids": theirs_to_m})
                 await send_frame(b, {"type": kind, "message_ids": [str(world.chat_from_m.pk)]})
+                count(kind)
+                count(kind)
             for ws in (n, b):
                 await round_trip(ws)
             # Chat and typing into A-M's conversation: not found, nothing stored or relayed.
@@ -492,8 +531,27 @@ def test_socket_frames_on_another_partys_objects_are_ignored_or_refused(world):
                 )
                 error = await receive(ws)
                 assert (error["type"], error["code"], error["client_id"]) == ("error", "not_found", "x")
+                count("chat.send")
                 await send_frame(ws, {"type": "typing", "conversation_id": conversation, "is_typing": True})
                 assert (await receive(ws))["code"] == "not_found"
+                count("typing")
+            # Another's media attached to a chat message in the caller's own conversation: refused.
+            for ws, caller in ((n, world.n), (b, world.b)):
+                for media in (world.media_of_a, world.media_of_m):
+                    await send_frame(
+                        ws,
+                        {
+                            "type": "chat.send",
+                            "conversation_id": own_conversations[caller],
+                            "content": "look",
+                            "client_id": "y",
+                            "attachment_ids": [str(media)],
+                        },
+                    )
+                    error = await receive(ws)
+                    assert (error["type"], error["client_id"]) == ("error", "y"), error
+                    assert error["code"] == "invalid_attachment", error
+                    count("chat.send")
             for ws in (m, a, n, b):
                 assert await ws.receive_nothing(QUIET)
 
@@ -502,3 +560,10 @@ def test_socket_frames_on_another_partys_objects_are_ignored_or_refused(world):
     # Only the owners' own catch-up may have moved their messages (queued/pending -> sent).
     assert [(r[0], r[2], r[3], r[4]) for r in after] == [(r[0], r[2], r[3], r[4]) for r in before]
     assert all(status != "delivered" and status != "read" for _, status, *_ in after)
+    assert _socket_state() == state_before, "a refused or ignored frame changed a row"
+    assert set(tried) == SOCKET_FRAMES_TRIED
+    print(
+        f"\nHOSTILE tenants_socket: frames={sum(tried.values())} "
+        + " ".join(f"{kind}={n}" for kind, n in sorted(tried.items()))
+        + " applied=0 relayed=0 changed=0"
+    )

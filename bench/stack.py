@@ -198,8 +198,9 @@ def mobiles_create(start: int, count: int) -> list[Mobile]:
 def backlog_create(*, recipient: Mobile, sender_username: str, count: int) -> None:
     """Store `count` pending messages for an offline recipient, seq 1..count, as delivery would.
 
-    The state is what `message_deliver` leaves for an offline recipient (pending, due as soon
-    as it connects, one `offline` attempt each); inserting it directly keeps the phase short.
+    The state is what delivery (`messages_deliver_chunk`) leaves for an offline recipient
+    (pending, due as soon as it connects, one `offline` attempt each); inserting it directly
+    keeps the phase short.
     """
     from django.db import transaction
     from django.utils import timezone

@@ -3,8 +3,8 @@
 A push is a wake-up call, never a delivery: nothing here changes a message's status. It only
 records each attempt as a DeliveryAttempt (channel fcm/apns) and keeps tokens healthy.
 
-Flow: message_deliver finds the recipient offline → `push_schedule` (after commit) opens a
-coalescing window per recipient (Redis SET NX with expiry) and enqueues one task for its end →
+Flow: delivery (messages_deliver_chunk) finds the recipient offline → `push_schedule` (after
+commit) opens a coalescing window per recipient (Redis SET NX with expiry) and enqueues one task for its end →
 `push_window_close` looks at what is still undelivered, holds the push (quiet hours, push off)
 or sends one notification for the newest message with the count → `push_send` acts on each
 token's answer and schedules a retry for transient failures.

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from django.db import connection
-from django.db.models import BooleanField, Count, Prefetch, Q, QuerySet
+from django.db.models import BooleanField, Count, Min, Prefetch, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from apps.accounts.models import User
@@ -126,11 +126,21 @@ def undelivered_for_recipient(*, recipient: Party, after_seq: int = 0) -> QueryS
     )
 
 
-def has_earlier_undelivered(*, message: Message) -> bool:
-    """Return whether the recipient has an undelivered message before `message` (strict mode)."""
-    return Message.objects.filter(
-        inbox(message.recipient_party), seq__lt=message.seq, status__in=UNDELIVERED
-    ).exists()
+def first_undelivered_seqs(parties: set[Party]) -> dict[Party, int]:
+    """Return each party's lowest undelivered seq (strict ordering: only that message may go)."""
+    found: dict[Party, int] = {}
+    for kind_is_mobile, column in ((True, "recipient_id"), (False, "recipient_business_id")):
+        ids = [p.id for p in parties if p.is_mobile == kind_is_mobile]
+        if not ids:
+            continue
+        rows = (
+            Message.objects.filter(**{f"{column}__in": ids}, status__in=UNDELIVERED)
+            .values_list(column)
+            .annotate(first=Min("seq"))
+        )
+        for owner, first in rows:
+            found[Party.mobile(owner) if kind_is_mobile else Party.business(owner)] = first
+    return found
 
 
 def dead_letters_visible_to(*, user: User) -> QuerySet[DeadLetter]:

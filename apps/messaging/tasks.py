@@ -23,21 +23,6 @@ logger = logging.getLogger(__name__)
 # that gives up.
 
 
-@shared_task(
-    acks_late=True,
-    autoretry_for=TRANSIENT,
-    retry_backoff=1,
-    retry_backoff_max=30,
-    retry_jitter=True,
-    max_retries=8,
-)
-def deliver_message(message_id: str, correlation_id: str = "") -> str:
-    with correlation_context(correlation_id):
-        outcome = services.message_deliver(message_id=message_id)
-        logger.info("message.deliver", extra={"message_id": message_id, "outcome": outcome})
-        return outcome
-
-
 @shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=8)
 def deliver_backlog(recipient_id: int, kind: str) -> int:
     # Plain arguments for the broker's JSON; Party refuses an unknown kind.

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from websockets.exceptions import InvalidHandshake, InvalidMessage
 
-from apps.messaging.tasks import deliver_message
+from apps.messaging.tasks import deliver_chunk
 from messaging_project.celery import app as celery_app
 
 from .harness import Process, wait_until
@@ -92,8 +92,8 @@ def _hold_a_retry_in_the_worker(stack) -> None:
     """Make the worker hold an unacknowledged task, as it does with every retry's countdown."""
     task_id = str(uuid.uuid4())
     with celery_app.connection_for_write(stack.redis_url) as connection:
-        deliver_message.apply_async(
-            args=[str(uuid.uuid4())], countdown=300, task_id=task_id, queue="default", connection=connection
+        deliver_chunk.apply_async(
+            args=[[str(uuid.uuid4())]], countdown=300, task_id=task_id, queue="default", connection=connection
         )
     stack.wait(
         lambda: task_id in tasks_in_flight(stack.worker), timeout=20, what="the worker to hold the retry"

@@ -398,6 +398,32 @@ def test_strict_mode_holds_the_next_message_until_the_first_is_acked(strict, sen
     assert services.recipient_deliver_backlog(recipient=Party.mobile(mobile_user.pk)) == 0
 
 
+def test_strict_mode_in_one_chunk_sends_each_recipients_first_and_holds_the_rest(
+    strict, sender, mobile_user, stranger, online
+):
+    # The relay's chunk holds several messages of one recipient: the chunk is the one delivery
+    # path, and strict ordering is its rule (not a per-message path of its own).
+    mine = [_send(sender, mobile_user, content=f"m{i}") for i in range(3)]
+    theirs = [_send(sender, stranger, content=f"s{i}") for i in range(2)]  # offline
+
+    report = services.messages_deliver_chunk(message_ids=[str(m.pk) for m in mine + theirs])
+
+    assert (report.sent, report.offline, report.held) == (1, 1, 3)
+    assert _delivered_ids(_receive(online)) == [str(mine[0].pk)]
+    assert _receive(online, timeout=0.3) is None
+    statuses = dict(Message.objects.values_list("pk", "status"))
+    assert [statuses[m.pk] for m in mine] == [Status.SENT, Status.PENDING, Status.PENDING]
+    assert [statuses[m.pk] for m in theirs] == [Status.PENDING, Status.PENDING]
+    # Held ones wait for the ack of the first: a rerun of the chunk sends nothing more.
+    again = services.messages_deliver_chunk(message_ids=[str(m.pk) for m in mine])
+    assert (again.sent, again.held) == (0, 2)
+    assert _receive(online, timeout=0.3) is None
+
+    services.messages_acknowledge(recipient=Party.mobile(mobile_user.pk), message_ids=[mine[0].pk])
+    assert services.recipient_deliver_backlog(recipient=Party.mobile(mobile_user.pk)) == 1
+    assert _delivered_ids(_receive(online)) == [str(mine[1].pk)]
+
+
 def test_strict_mode_backlog_sends_one_at_a_time(strict, sender, mobile_user, redis):
     messages = [_send(sender, mobile_user) for _ in range(3)]
     for m in messages:

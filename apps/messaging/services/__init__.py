@@ -23,10 +23,9 @@ from .broadcast import (
     broadcast_expand_chunk,
     sweep_broadcasts,
 )
-from .chunks import ChunkReport, messages_deliver_chunk
+from .chunks import ChunkReport, message_deliver, messages_deliver_chunk
 from .deliver import (
     catchup_chunk,
-    message_deliver,
     messages_mark_sent,
     messages_write,
     recipient_deliver_backlog,

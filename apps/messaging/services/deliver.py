@@ -17,7 +17,6 @@ from apps.accounts import presence
 from apps.accounts.party import Party
 from apps.common import bridge, clock
 from apps.common.logging import get_correlation_id
-from apps.devices.services import push_schedule
 
 from .. import lifecycle, outgoing
 from ..models import (
@@ -26,68 +25,13 @@ from ..models import (
     Status,
 )
 from ..outgoing import Outgoing
-from ..selectors import (
-    has_earlier_undelivered,
-    undelivered_for_recipient,
-    with_parties,
-)
+from ..selectors import undelivered_for_recipient
 from . import schedule
 from .attempts import attempts_record
 from .failures import messages_fail
-from .policy import DUE_TOLERANCE, ack_deadline, strict_ordering
+from .policy import ack_deadline, strict_ordering
 
 logger = logging.getLogger(__name__)
-
-
-def message_deliver(*, message_id: str | uuid.UUID) -> str:
-    """Try to deliver one message now; return what happened (for logs and tests)."""
-    message = (
-        with_parties(Message.objects.filter(pk=message_id))
-        .select_related("recipient", "recipient_business")
-        .first()
-    )
-    if message is None or message.status not in (Status.QUEUED, Status.PENDING):
-        return "skipped"
-    now = clock.now()
-    if message.expires_at and message.expires_at <= now:
-        messages_fail(Message.objects.filter(pk=message.pk), reason="expired")
-        return "expired"
-    recipient = message.recipient_party
-    if not (message.recipient or message.recipient_business).is_active:
-        # Permanent: retrying cannot help, so it goes to the dead letters at once.
-        messages_fail(Message.objects.filter(pk=message.pk), reason="recipient deactivated")
-        return "failed"
-    if (
-        message.status == Status.PENDING
-        and message.next_attempt_at
-        and message.next_attempt_at > now + DUE_TOLERANCE
-    ):
-        return "not_due"
-    if strict_ordering() and has_earlier_undelivered(message=message):
-        # Due as soon as the earlier one is acked, which enqueues the recipient's backlog.
-        lifecycle.transition(
-            Message.objects.filter(pk=message.pk, status=Status.QUEUED),
-            to=Status.PENDING,
-            next_attempt_at=None,
-        )
-        return "held"
-    if not presence.is_online(recipient):
-        with transaction.atomic():
-            moved = lifecycle.transition(
-                Message.objects.filter(pk=message.pk, status=Status.QUEUED),
-                to=Status.PENDING,
-                next_attempt_at=None,
-            )
-            if moved:
-                attempts_record([message.pk], Outcome.OFFLINE, now=now, error="recipient offline")
-                if recipient.is_mobile:  # business users have no devices to wake
-                    transaction.on_commit(lambda: push_schedule(recipient_id=recipient.id))
-        return "offline"
-    frames = frames_encode(outgoing.rows(Message.objects.filter(pk=message.pk)))
-    if not frames:
-        return "failed"  # its frame cannot be built: dead-lettered
-    messages_write(frames)
-    return "sent"
 
 
 def recipient_deliver_backlog(*, recipient: Party) -> int:

@@ -13,7 +13,7 @@ from django.db.models import Q
 
 from apps.accounts.models import User
 from apps.common import clock
-from apps.messaging.services.retention import retention_cutoff
+from apps.messaging.services.retention import purge_in_chunks
 
 from . import addresses
 from .errors import EndpointInactive, WebhookUrlRefused
@@ -153,14 +153,7 @@ def events_purge_chunk(*, cutoff: datetime, limit: int = PURGE_CHUNK) -> int:
 
 def events_purge_expired(*, chunk: int = PURGE_CHUNK, max_chunks: int | None = None) -> int:
     """Purge settled events older than MESSAGING_RETENTION_DAYS, `chunk` per transaction; return how many."""
-    cutoff = retention_cutoff()
-    purged = chunks = 0
-    while max_chunks is None or chunks < max_chunks:
-        n = events_purge_chunk(cutoff=cutoff, limit=chunk)
-        purged += n
-        chunks += 1
-        if n < chunk:
-            break
+    purged, cutoff = purge_in_chunks(events_purge_chunk, chunk=chunk, max_chunks=max_chunks)
     if purged:
         logger.info("webhook.events_purged", extra={"count": purged, "cutoff": cutoff.isoformat()})
     return purged

@@ -13,6 +13,7 @@ it from scanning the table (see the README's data-protection section).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -57,14 +58,27 @@ def messages_purge_chunk(*, cutoff: datetime, limit: int = PURGE_CHUNK) -> int:
 
 def messages_purge_expired(*, chunk: int = PURGE_CHUNK, max_chunks: int | None = None) -> int:
     """Purge every expired terminal message, `chunk` per transaction; return how many went."""
+    purged, cutoff = purge_in_chunks(messages_purge_chunk, chunk=chunk, max_chunks=max_chunks)
+    if purged:
+        logger.info("messages.purged", extra={"count": purged, "cutoff": cutoff.isoformat()})
+    return purged
+
+
+def purge_in_chunks(
+    purge_chunk: Callable[..., int], *, chunk: int = PURGE_CHUNK, max_chunks: int | None = None
+) -> tuple[int, datetime]:
+    """Call `purge_chunk(cutoff=, limit=chunk)` until a chunk comes back short; return the total and cutoff.
+
+    Each call is one transaction of at most `chunk` rows (locks and WAL stay small, and two
+    beats share the work); `max_chunks` bounds one run. The cutoff is taken once, so a long
+    run never chases rows that aged meanwhile.
+    """
     cutoff = retention_cutoff()
     purged = chunks = 0
     while max_chunks is None or chunks < max_chunks:
-        n = messages_purge_chunk(cutoff=cutoff, limit=chunk)
+        n = purge_chunk(cutoff=cutoff, limit=chunk)
         purged += n
         chunks += 1
         if n < chunk:
             break
-    if purged:
-        logger.info("messages.purged", extra={"count": purged, "cutoff": cutoff.isoformat()})
-    return purged
+    return purged, cutoff

@@ -26,7 +26,6 @@ import os
 import time
 import timeit
 import urllib.request
-from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from bench.measure import CpuMeter
@@ -71,7 +70,7 @@ def call_costs_us(*, number: int = 20_000, repeat: int = 5) -> dict[str, float]:
 
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") or values.ValueClass is values.MutexValue:
         raise RuntimeError("not in multiprocess mode: the figure would not be the processes' cost")
-    accepted_at = [datetime.now(UTC)]
+    accepted_at = [time.time()]  # epoch seconds, as lifecycle.transition hands them
 
     def http_request() -> None:
         metrics.http_request(view="messages", method="POST", status=202, seconds=0.004)

@@ -6,7 +6,8 @@ import pytest
 
 from bench.metrics_cost import call_costs_us
 
-pytestmark = pytest.mark.django_db
+# Outside a test transaction, so that the on_commit callbacks it times run (as in the processes).
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_p13_times_every_recording_call_of_a_send():

@@ -47,13 +47,19 @@ def _redis_server() -> tuple[subprocess.Popen, str]:
         ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
     )
-    for _ in range(50):
+    _wait_for(port, seconds=5)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def _wait_for(port: int, *, seconds: float) -> None:
+    """Wait until something accepts connections on 127.0.0.1:`port` (or `seconds` pass)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
+            return
         except OSError:
             time.sleep(0.05)
-    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 def _users() -> list:
@@ -148,12 +154,7 @@ def web_part(messages: int, rate: float, profile: Path | None, redis_url: str) -
     )
     fleet_proc = spy = None
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        _wait_for(port, seconds=30)
         parent, child = multiprocessing.get_context("spawn").Pipe()
         fleet_proc = multiprocessing.get_context("spawn").Process(
             target=fleet_main, args=(child, f"ws://127.0.0.1:{port}/ws/mobile/", "coalesce")

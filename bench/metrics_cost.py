@@ -27,9 +27,10 @@ import time
 import timeit
 import urllib.request
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-from bench.measure import CpuMeter
-from bench.stack import BenchStack
+if TYPE_CHECKING:  # the timing below runs in `make test` too, where bench's packages are absent
+    from bench.stack import BenchStack
 
 SHARE_TARGET_PERCENT = 3.0
 RECORDERS = ("web", "worker", "beat")
@@ -94,6 +95,8 @@ def call_costs_us(*, number: int = 20_000, repeat: int = 5) -> dict[str, float]:
 
 
 def metrics_cost_phase(args, stack: BenchStack, load, db, fleet, ops: SimpleNamespace) -> dict:
+    from bench.measure import CpuMeter  # psutil and pika: requirements/bench.txt
+
     assert stack.web and stack.worker and stack.beat
     costs = call_costs_us()
     meter = CpuMeter({"web": stack.web.pid, "worker": stack.worker.pid, "beat": stack.beat.pid})

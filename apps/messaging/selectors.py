@@ -135,6 +135,7 @@ def first_undelivered_seqs(parties: set[Party]) -> dict[Party, int]:
             continue
         rows = (
             Message.objects.filter(**{f"{column}__in": ids}, status__in=UNDELIVERED)
+            .order_by()
             .values_list(column)
             .annotate(first=Min("seq"))
         )

@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict, deque
 
 from asgiref.sync import sync_to_async
+from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -90,6 +91,26 @@ def in_pool(func):
     return sync_to_async(func, thread_sensitive=False)
 
 
+def sends_dropped_after_close(send):
+    """Return `send` (the server's ASGI send) dropping a frame for a client that has just gone.
+
+    A handler that awaited (the catch-up before a pong, the database before `chat.accepted`)
+    may answer after its client closed: daphne still hands the frame to autobahn (its WebSocket
+    library), which raises Disconnected, and the traceback would end the consumer. Nothing is
+    lost by dropping the frame: the disconnect releases what was written and not acked.
+    """
+
+    async def send_unless_gone(message: dict) -> None:
+        try:
+            await send(message)
+        except Disconnected:
+            if message.get("type") != "websocket.send":
+                raise
+            logger.debug("websocket.send_after_close")
+
+    return send_unless_gone
+
+
 class ParticipantConsumer(AsyncJsonWebsocketConsumer):
     """A connection of one user of `principal_model`; its group is `<kind>.<id>`."""
 
@@ -108,6 +129,9 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+
+    async def __call__(self, scope, receive, send) -> None:
+        await super().__call__(scope, receive, sends_dropped_after_close(send))
 
     async def connect(self) -> None:
         principal = self.scope.get("principal")

@@ -11,6 +11,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from autobahn.exception import Disconnected
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
@@ -22,7 +23,7 @@ from apps.messaging import services
 from apps.messaging.frames import message_frame, message_payload
 from apps.messaging.models import Channel, DeliveryAttempt, Message, Outcome, Status
 from apps.messaging.outgoing import encode_frame
-from apps.realtime.consumers import MAX_IDS_PER_FRAME
+from apps.realtime.consumers import MAX_IDS_PER_FRAME, sends_dropped_after_close
 from tests.factories import MessageFactory
 
 from .conftest import QUIET, async_test, db, mobile_socket, receive, receive_messages, round_trip, send_frame
@@ -682,3 +683,26 @@ async def test_closing_releases_only_the_closing_users_messages(
         async with mobile_socket(mobile_token) as ws:
             await receive_messages(ws, 1)
         assert await db(_state)([mine.pk, theirs.pk]) == {mine.pk: Status.PENDING, theirs.pk: Status.SENT}
+
+
+@async_test
+async def test_a_frame_for_a_client_that_has_just_gone_is_dropped_and_other_errors_still_raise():
+    # A handler that awaited (the catch-up before a pong, the database before chat.accepted)
+    # may answer after its client closed; daphne's autobahn then raises Disconnected.
+    sent = []
+
+    async def closed(message):
+        sent.append(message["type"])
+        raise Disconnected("Attempt to send on a closed protocol")
+
+    send = sends_dropped_after_close(closed)
+    await send({"type": "websocket.send", "text": '{"type": "pong"}'})  # dropped, not raised
+    assert sent == ["websocket.send"]
+    with pytest.raises(Disconnected):  # anything but a frame still says so
+        await send({"type": "websocket.close", "code": 1000})
+
+    async def broken(message):
+        raise ValueError("not a disconnect")
+
+    with pytest.raises(ValueError):
+        await sends_dropped_after_close(broken)({"type": "websocket.send", "text": "{}"})

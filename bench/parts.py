@@ -7,7 +7,7 @@ End to end (`make bench`) the parts share two cores with each other and with the
 change of a few percent in one part drowns in the run-to-run spread. These measure one part's
 CPU per message directly, the way its own process spends it:
 
-- `worker`: `messages_deliver_chunk` on chunks of 500 (the relay's unit) in this process, for
+- `worker`: `messages_deliver_due` claiming chunks of 500 (a task's unit) in this process, for
   500 recipients recorded online in Redis (a private redis-server, so nothing subscribes): this
   process's CPU and its PostgreSQL backend's (from /proc) per message.
 - `web`: one real daphne process with 500 real clients acking every frame (bench/clients.py);
@@ -95,31 +95,24 @@ def _backend_cpu_seconds() -> float:
 
 def worker_part(messages: int) -> dict:
     """Return the worker's and its PostgreSQL backend's CPU µs per message delivered in chunks."""
-    from django.db import transaction
-
     from apps.accounts import presence
     from apps.accounts.party import Party
-    from apps.common import clock
     from apps.common.logging import correlation_context
-    from apps.messaging.relay import relay_claim
-    from apps.messaging.services.chunks import messages_deliver_chunk
+    from apps.messaging.models import Priority
+    from apps.messaging.services.chunks import messages_deliver_due
 
     mobiles = _users()
     _stored(mobiles, messages)
     for m in mobiles:
         presence.connection_seen(party=Party.mobile(m.id), channel_name=f"bench.parts.{m.id}")
-    ids: list[str] = []
-    while True:  # as the relay claims them, in its order
-        with transaction.atomic():
-            rows = relay_claim(now=clock.now(), limit=2000)
-        ids += [str(pk) for pk, _ in rows]
-        if not rows:
-            break
     cpu, backend, wall = time.process_time(), _backend_cpu_seconds(), time.perf_counter()
-    for k in range(0, len(ids), CHUNK):
+    n = 0
+    while True:  # as workers drain the lane: claim a chunk, deliver it, until none is due
         with correlation_context(""):
-            messages_deliver_chunk(message_ids=ids[k : k + CHUNK])
-    n = len(ids)
+            claimed = messages_deliver_due(priority=Priority.NORMAL, limit=CHUNK).claimed
+        n += claimed
+        if not claimed:
+            break
     return {
         "messages": n,
         "worker_us": 1e6 * (time.process_time() - cpu) / n,

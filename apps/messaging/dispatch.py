@@ -1,8 +1,9 @@
-"""Publishing delivery: message ids leave as chunk tasks on the Celery lane of their priority.
+"""Publishing delivery on the Celery lane of each priority.
 
-Called by the outbox relay (relay.py) for `queued` messages and by the retry paths for
-`pending` ones. A publish the broker refuses is not an error here: the messages keep their
-status and due time, and the relay or the sweeps find them again.
+Two kinds of task: `deliver_due` asks a worker to claim a lane's due `queued` messages itself
+(the outbox relay, relay.py, publishes it), and `deliver_chunk` carries the ids of `pending`
+messages that the retry paths make due. A publish the broker refuses is not an error here: the
+messages keep their status and due time, and the relay or the sweeps find them again.
 """
 
 from __future__ import annotations
@@ -57,3 +58,18 @@ def messages_dispatch(
                 return enqueued
             enqueued += len(chunk)
     return enqueued
+
+
+def lanes_dispatch(priorities: Iterable[str]) -> int:
+    """Ask for one `deliver_due` task on the lane of each of `priorities`; return how many went."""
+    from .tasks import deliver_due
+
+    published = 0
+    for priority in priorities:
+        try:
+            deliver_due.apply_async(args=[priority], queue=QUEUE_FOR_PRIORITY[priority])
+        except Exception as exc:  # noqa: BLE001 - the relay's next look finds the lane again
+            logger.warning("message.dispatch_failed", extra={"lane": priority, "error": repr(exc)})
+            return published
+        published += 1
+    return published

@@ -238,10 +238,16 @@ class Message(models.Model):
                 condition=Q(conversation__isnull=False),
                 name="message_conversation_idx",
             ),
-            # Sweeps: due work by status.
+            # The outbox: a lane's oldest due queued messages (relay.lanes_due, the worker's claim).
+            models.Index(
+                fields=["priority", "next_attempt_at"],
+                condition=Q(status="queued"),
+                name="message_queued_idx",
+            ),
+            # Sweeps: due retries and ack deadlines.
             models.Index(
                 fields=["status", "next_attempt_at"],
-                condition=Q(status__in=["queued", "pending", "sent"]),
+                condition=Q(status__in=["pending", "sent"]),
                 name="message_due_idx",
             ),
             # The promotion of due scheduled messages, and a canceled seq's `skip` frame.

@@ -1,11 +1,14 @@
 """The outbox relay: committed `queued` messages leave for delivery from the database, not memory.
 
 A stored message is its own outbox entry: `queued`, due (`next_attempt_at`) at once. The relay
-claims due queued rows in bulk (`UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) …
-RETURNING`), pushing each one's due time a lease ahead, and publishes their delivery as chunk
-tasks on the lanes of their priority. A delivery moves the message out of `queued`; one whose
-task was lost (a broker down, a worker killed) is simply due again when its lease ends and is
-claimed anew. Several relays (two beats) never claim the same row at once: SKIP LOCKED.
+looks for the lanes (priorities) that have due queued messages and asks for a `deliver_due`
+task on each; the worker that takes it claims the lane's oldest due messages itself (`SELECT …
+FOR UPDATE SKIP LOCKED`, services/chunks.py) and delivers them in the same transaction. So no
+message is written to before its delivery (an earlier relay stamped a lease on each row it
+claimed: a full row version and index entries per message), no task carries ids, and a task
+that is lost (a broker down, a worker killed) leaves its messages `queued` and due, where the
+relay's next look finds them. Several relays (two beats) only ever publish a task too many,
+which claims nothing.
 
 It is woken at once after a commit that makes messages `queued`: the committing process
 publishes on the Redis channel `messaging:outbox` (after commit, so the rows are visible when
@@ -13,12 +16,14 @@ the relay looks), and the relay listens there. PostgreSQL's NOTIFY was tried fir
 measured: a notifying transaction holds a database-wide lock from its pre-commit to the end of
 its WAL flush, so concurrent sends committed one at a time (under 16 callers, 4 of 4 active
 sends were waiting on `Lock:object`). A wake-up that is lost (Redis down) only costs latency:
-the relay also looks every MESSAGING_RELAY_POLL_SECONDS, which also picks up expired leases.
+the relay also looks every MESSAGING_RELAY_POLL_SECONDS.
 
 Under a stream of single sends every commit would be a round of its own, and every round a
-chunk task of one message: a worker then spends more on the task than on the delivery. So a
-round starts at most every MESSAGING_RELAY_GATHER_SECONDS: the first commit after a quiet spell
-leaves at once, the commits that follow within the window leave together at its end.
+task for a chunk of one message: a worker then spends more on the task than on the delivery.
+So a round starts at most every MESSAGING_RELAY_GATHER_SECONDS (the first commit after a quiet
+spell leaves at once, the commits that follow within the window leave together at its end),
+and a lane whose last task still waits in the broker gets no other: its messages gather in the
+database meanwhile, and the task claims them together.
 
 The relay runs as a thread of Celery beat (messaging_project/celery.py), one of the three
 Procfile processes. MESSAGING_RELAY_ON_COMMIT (the unit tests) also runs a round right after
@@ -30,8 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
@@ -40,7 +44,7 @@ from redis.exceptions import RedisError
 from apps.common import clock
 from apps.common.redis import redis_client
 
-from .dispatch import QUEUE_FOR_PRIORITY, messages_dispatch
+from .dispatch import QUEUE_FOR_PRIORITY, lanes_dispatch
 from .flow import broker_client
 from .models import Message, Priority, Status
 
@@ -79,54 +83,23 @@ def _publish(note: bytes) -> None:
         logger.warning("relay.wake_failed", extra={"error": repr(exc)})
 
 
-def relay_claim(
-    *, now: datetime, limit: int, priorities: tuple[str, ...] = tuple(Priority.values)
-) -> list[tuple[uuid.UUID, str]]:
-    """Claim up to `limit` due `queued` messages; return their (id, priority), recipients' seq order.
+def lanes_due(*, now: datetime, priorities: tuple[str, ...] = tuple(Priority.values)) -> list[str]:
+    """Return the priorities among `priorities` that have `queued` messages due by `now`, high first.
 
-    Must run in a transaction: the claimed rows stay locked (and skipped by other relays) until
-    it commits, and their due time moves a lease ahead, so no other round claims them meanwhile.
+    One indexed probe per lane (message_queued_idx: priority, next_attempt_at), however deep
+    the lane's backlog.
     """
-    lease_end = now + timedelta(seconds=settings.MESSAGING_RELAY_LEASE_SECONDS)
-    table = Message._meta.db_table
-    if connection.vendor == "postgresql":
-        sql = (
-            f'UPDATE "{table}" AS m SET next_attempt_at = %s WHERE m.id IN ('
-            f'  SELECT id FROM "{table}" WHERE status = %s AND next_attempt_at <= %s AND priority = ANY(%s)'
-            "  ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED"
-            ") RETURNING m.id, m.priority, m.recipient_id, m.recipient_business_id, m.seq"
-        )
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [lease_end, Status.QUEUED, now, list(priorities), limit])
-            rows = cursor.fetchall()
-    else:
-        # SQLite takes the database's write lock for the whole transaction (IMMEDIATE): no
-        # other relay can claim in between.
-        due = Message.objects.filter(
-            status=Status.QUEUED, next_attempt_at__lte=now, priority__in=priorities
-        ).order_by("next_attempt_at")
-        rows = list(due.values_list("pk", "priority", "recipient_id", "recipient_business_id", "seq")[:limit])
-        Message.objects.filter(pk__in=[r[0] for r in rows], status=Status.QUEUED).update(
-            next_attempt_at=lease_end
-        )
-    # A recipient's messages together, in seq order: they leave in one frame event.
-    rows.sort(key=lambda r: (r[3] or 0, r[2] or 0, r[4]))
-    return [(r[0], r[1]) for r in rows]
+    due = Message.objects.filter(status=Status.QUEUED, next_attempt_at__lte=now)
+    return [
+        priority
+        for priority in (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+        if priority in priorities and due.filter(priority=priority).exists()
+    ]
 
 
-def relay_round(*, limit: int | None = None, priorities: tuple[str, ...] = tuple(Priority.values)) -> int:
-    """Claim and publish due queued messages until none are left; return how many were published."""
-    limit = limit or settings.MESSAGING_RELAY_BATCH
-    published = 0
-    while True:
-        with transaction.atomic():
-            rows = relay_claim(now=clock.now(), limit=limit, priorities=priorities)
-        if rows:
-            # After commit: a task must find its messages claimed and visible. A publish the
-            # broker refuses leaves them to the next claim when their lease ends.
-            published += messages_dispatch(rows)
-        if len(rows) < limit:
-            return published
+def relay_round(*, priorities: tuple[str, ...] = tuple(Priority.values)) -> int:
+    """Ask for a delivery task on each of `priorities`' lanes with due messages; return how many."""
+    return lanes_dispatch(lanes_due(now=clock.now(), priorities=priorities))
 
 
 class Relay:
@@ -164,16 +137,16 @@ class Relay:
     def _round(self) -> bool:
         """Run a round for the lanes whose broker queue is empty; return whether one was skipped.
 
-        A lane whose last chunks still wait in the broker is left alone: its messages gather in
-        the database meanwhile and leave together once the workers have taken the queue. So a
-        chunk grows with the load (one message when idle, hundreds when the workers are busy)
+        A lane whose last task still waits in the broker is left alone: its messages gather in
+        the database meanwhile and leave together once a worker takes the task. So a chunk
+        grows with the load (one message when idle, hundreds when the workers are busy)
         instead of the queue filling with chunks of one.
         """
         self._round_started = time.monotonic()
         open_lanes = lanes_with_room()
         count = relay_round(priorities=open_lanes) if open_lanes else 0
         if count:
-            logger.info("relay.published", extra={"count": count})
+            logger.info("relay.published", extra={"lanes": count})
         close_old_connections()
         return len(open_lanes) < len(Priority.values)
 
@@ -247,7 +220,7 @@ def lanes_with_room() -> tuple[str, ...]:
             pipe.llen(QUEUE_FOR_PRIORITY[priority])
         lengths = pipe.execute()
     except RedisError:
-        return tuple(Priority.values)  # publishing will tell; the lease covers a lost task
+        return tuple(Priority.values)  # publishing will tell; a lost task leaves its messages due
     return tuple(p for p, n in zip(Priority.values, lengths, strict=True) if n == 0)
 
 

@@ -55,6 +55,20 @@ def purge_idempotency_keys() -> int:
 
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=8)
+def deliver_due(priority: str) -> dict:
+    # No ids: the worker claims the lane's oldest due queued messages itself (a retry claims
+    # afresh). An unknown lane matches no message.
+    report = services.messages_deliver_due(priority=priority)
+    logger.info("message.deliver_due", extra={"lane": priority, "count": report.claimed, "sent": report.sent})
+    return {
+        "claimed": report.claimed,
+        "sent": report.sent,
+        "offline": report.offline,
+        "failed": report.failed,
+    }
+
+
+@shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=8)
 def deliver_chunk(message_ids: list[str], correlation_id: str = "") -> dict:
     with correlation_context(correlation_id):
         report = services.messages_deliver_chunk(message_ids=message_ids)

@@ -267,11 +267,8 @@ PRESENCE_RECORD_TTL_SECONDS = env.int("PRESENCE_RECORD_TTL_SECONDS", default=300
 PENDING_SWEEP_SECONDS = env.float("PENDING_SWEEP_SECONDS", default=5)
 # How often the beat looks for timed-out acks and due retries.
 MESSAGING_DUE_SWEEP_SECONDS = env.float("MESSAGING_DUE_SWEEP_SECONDS", default=1)
-# The outbox relay (apps/messaging/relay.py, a thread of Celery beat): messages claimed per
-# round; how long a claimed message waits for its delivery task before it is claimed again;
-# how often it looks without a notification (on SQLite, which has none, it looks every 50 ms).
-MESSAGING_RELAY_BATCH = env.int("MESSAGING_RELAY_BATCH", default=2000)
-MESSAGING_RELAY_LEASE_SECONDS = env.float("MESSAGING_RELAY_LEASE_SECONDS", default=30)
+# The outbox relay (apps/messaging/relay.py, a thread of Celery beat): how often it looks for
+# lanes with due messages without a notification (on SQLite, which has none, every 50 ms).
 MESSAGING_RELAY_POLL_SECONDS = env.float("MESSAGING_RELAY_POLL_SECONDS", default=1)
 # A round starts at most this often: commits within the window leave together (relay.py).
 MESSAGING_RELAY_GATHER_SECONDS = env.float("MESSAGING_RELAY_GATHER_SECONDS", default=0.02)
@@ -339,7 +336,7 @@ MESSAGING_MOBILE_SENDS_PER_HOUR = env.int("MESSAGING_MOBILE_SENDS_PER_HOUR", def
 # Every send checks the backlog; each process recounts it at most this often.
 MESSAGING_BACKLOG_CACHE_SECONDS = env.float("MESSAGING_BACKLOG_CACHE_SECONDS", default=1)
 # Messages per delivery task (batch and broadcast), recipients per broadcast expansion task.
-MESSAGING_DELIVERY_CHUNK = env.int("MESSAGING_DELIVERY_CHUNK", default=500)
+MESSAGING_DELIVERY_CHUNK = env.int("MESSAGING_DELIVERY_CHUNK", default=1000)
 MESSAGING_BROADCAST_CHUNK = env.int("MESSAGING_BROADCAST_CHUNK", default=1000)
 BROADCAST_SWEEP_SECONDS = env.float("BROADCAST_SWEEP_SECONDS", default=30)
 CIRCUIT_BREAKER_FAILURE_RATIO = env.float("CIRCUIT_BREAKER_FAILURE_RATIO", default=0.5)

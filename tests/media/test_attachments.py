@@ -195,10 +195,10 @@ def test_processing_image_is_attached_and_the_message_goes_at_once(
         response = send(sender_client, mobile_user, [media])
 
     assert response.status_code == 202
-    from .test_thumbnails import queued_tasks
+    from tests.messaging.test_send import dispatched_ids
 
     # Its bytes are stored already: the delivery is dispatched without waiting for thumbnails.
-    assert ("apps.messaging.tasks.deliver_chunk", [[response.json()["id"]]]) in queued_tasks(redis)
+    assert response.json()["id"] in dispatched_ids(redis)
 
 
 def test_idempotent_replay_with_attachments_returns_the_original(sender_client, mobile_user):

@@ -11,10 +11,10 @@ import pytest
 
 from apps.accounts.models import MobileUser
 from apps.messaging import services
-from apps.messaging.models import Message, Status
+from apps.messaging.models import Message, Priority, Status
 from tests.concurrency import run_together
 from tests.factories import MobileUserFactory, SenderFactory
-from tests.messaging.test_send import UNKNOWN_PHONE, queued_tasks
+from tests.messaging.test_send import DUE_TASK, UNKNOWN_PHONE, queued_tasks
 
 URL = "/api/v1/messages/batch/"
 CHUNK_TASK = "apps.messaging.tasks.deliver_chunk"
@@ -151,12 +151,25 @@ def test_batch_is_dispatched_after_commit_in_chunks_on_its_priority_lanes(
         callback()
 
     lanes = {queue: queued_tasks(redis, queue) for queue in ("high", "default", "low")}
-    assert {name for tasks in lanes.values() for name, _ in tasks} == {CHUNK_TASK}
-    ids = {queue: [args[0] for _, args in tasks] for queue, tasks in lanes.items()}
-    by_content = {str(m.pk): m.content for m in messages}
-    assert [[by_content[pk] for pk in chunk] for chunk in ids["default"]] == [["n0", "n1"], ["n2"]]
-    assert [[by_content[pk] for pk in chunk] for chunk in ids["high"]] == [["urgent"]]
-    assert [[by_content[pk] for pk in chunk] for chunk in ids["low"]] == [["later"]]
+    assert lanes == {
+        "high": [(DUE_TASK, [Priority.HIGH])],
+        "default": [(DUE_TASK, [Priority.NORMAL])],
+        "low": [(DUE_TASK, [Priority.LOW])],
+    }
+    by_content = {m.content: m.pk for m in messages}
+
+    def claimed(priority: str) -> list[str]:
+        queued = set(Message.objects.filter(status=Status.QUEUED).values_list("pk", flat=True))
+        services.messages_deliver_due(priority=priority)
+        left = set(Message.objects.filter(status=Status.QUEUED).values_list("pk", flat=True))
+        return sorted(content for content, pk in by_content.items() if pk in queued - left)
+
+    # Chunks of MESSAGING_DELIVERY_CHUNK, oldest first; a full chunk asks for the next task.
+    assert claimed(Priority.NORMAL) == ["n0", "n1"]
+    assert len(queued_tasks(redis, "default")) == 2
+    assert claimed(Priority.NORMAL) == ["n2"]
+    assert claimed(Priority.HIGH) == ["urgent"]
+    assert claimed(Priority.LOW) == ["later"]
 
 
 @pytest.mark.django_db(transaction=True)

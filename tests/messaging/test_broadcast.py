@@ -10,10 +10,9 @@ from apps.accounts.models import MobileUser
 from apps.messaging import services
 from apps.messaging.models import Broadcast, BroadcastStatus, Message, Status
 from tests.factories import MobileUserFactory, SenderFactory
-from tests.messaging.test_send import UNKNOWN_PHONE, queued_tasks
+from tests.messaging.test_send import DUE_TASK, UNKNOWN_PHONE, dispatched_ids, queued_tasks
 
 URL = "/api/v1/messages/broadcast/"
-CHUNK_TASK = "apps.messaging.tasks.deliver_chunk"
 EXPAND_TASK = "apps.messaging.tasks.expand_broadcast"
 
 
@@ -45,22 +44,10 @@ def expand_all(*, broadcast_id) -> int:
     return chunks
 
 
-def _run_expansion(redis, broadcast_id, capture) -> list[str]:
-    """Expand the broadcast chunk by chunk as the chained tasks would; return the message ids
-    that the delivery tasks enqueued after each commit, in order."""
-    before = len(_chunk_ids(redis))
+def _run_expansion(broadcast_id, capture) -> None:
+    """Expand the broadcast chunk by chunk as the chained tasks would, with their commits' callbacks."""
     with capture(execute=True):
         expand_all(broadcast_id=broadcast_id)
-    return _chunk_ids(redis)[before:]
-
-
-def _chunk_ids(redis) -> list[str]:
-    ids = []
-    for queue in ("high", "default", "low"):
-        for name, args in queued_tasks(redis, queue):
-            if name == CHUNK_TASK:
-                ids += args[0]
-    return ids
 
 
 def test_broadcast_to_five_thousand_users_creates_and_dispatches_exactly_one_message_each_even_when_run_twice(
@@ -81,8 +68,10 @@ def test_broadcast_to_five_thousand_users_creates_and_dispatches_exactly_one_mes
     ]
     assert Message.objects.count() == 0
 
-    dispatched = _run_expansion(redis, broadcast.pk, django_capture_on_commit_callbacks)
-    again = _run_expansion(redis, broadcast.pk, django_capture_on_commit_callbacks)
+    _run_expansion(broadcast.pk, django_capture_on_commit_callbacks)
+    dispatched = dispatched_ids(redis, "low")
+    tasks = queued_tasks(redis, "low")
+    _run_expansion(broadcast.pk, django_capture_on_commit_callbacks)
 
     messages = Message.objects.filter(broadcast=broadcast)
     assert messages.count() == 4999
@@ -91,11 +80,12 @@ def test_broadcast_to_five_thousand_users_creates_and_dispatches_exactly_one_mes
     assert set(per_recipient) == {u.pk for u in users} - {inactive.pk}
     assert set(messages.values_list("seq", flat=True)) == {1}
     assert set(messages.values_list("status", "priority")) == {(Status.QUEUED, "low")}
-    # Each message went to exactly one delivery task, on the low lane; the re-run sent none.
+    # Every message waits for the low lane's delivery task, once; the re-run added nothing.
     assert len(dispatched) == 4999 and set(dispatched) == {
         str(pk) for pk in messages.values_list("pk", flat=True)
     }
-    assert again == []
+    assert {name for name, _ in tasks} == {DUE_TASK}
+    assert dispatched_ids(redis, "low") == dispatched
     # Besides the first expansion task, one per full chunk followed it; the chunks went to "low".
     expands = [args for name, args in queued_tasks(redis, "default") if name == EXPAND_TASK]
     assert [after for _, after in expands] == [0] + [users[i].pk for i in (1000, 2000, 3000, 4000)]

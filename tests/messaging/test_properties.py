@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from apps.accounts.party import Party
 from apps.messaging import relay, services
-from apps.messaging.models import DeadLetter, Message, Status
+from apps.messaging.models import DeadLetter, Message, Priority, Status
 from tests.factories import MessageFactory
 
 Q, P, S, D, R, F = (Status.QUEUED, Status.PENDING, Status.SENT, Status.DELIVERED, Status.READ, Status.FAILED)
@@ -29,9 +29,10 @@ MESSAGES = 3
 MAX_RETRIES = 2
 
 PER_MESSAGE_OPS = ["send", "deliver", "ack", "read", "fail", "expire", "requeue"]
-# Set-based steps over every message at once: the relay's claim, a chunk delivered while the
-# recipient is offline, one receipt frame acking or reading them all (plus a stranger's id).
-GLOBAL_OPS = ["ack_timeout_sweep", "release_unacked", "relay", "chunk", "ack_all", "read_all"]
+# Set-based steps over every message at once: a worker's claim of the due queued ones and a chunk
+# delivered while the recipient is offline, one receipt frame acking or reading them all (plus a
+# stranger's id).
+GLOBAL_OPS = ["ack_timeout_sweep", "release_unacked", "relay", "claim", "chunk", "ack_all", "read_all"]
 operations = st.lists(
     st.one_of(
         st.tuples(st.sampled_from(PER_MESSAGE_OPS), st.integers(min_value=0, max_value=MESSAGES - 1)),
@@ -64,8 +65,8 @@ def _apply_to_model(models: list[Model], op: str, index: int | None) -> None:
                 m.status = P
         return
     if op == "relay":
-        return  # a claim leases queued messages for delivery; their status is the delivery's
-    if op == "chunk":
+        return  # it only asks for a worker's claim: statuses are the delivery's
+    if op in ("chunk", "claim"):
         for m in models:
             if m.status == Q:  # the recipient is offline
                 m.status = P
@@ -107,6 +108,9 @@ def _apply(
         return
     if op == "relay":
         relay.relay_round()
+        return
+    if op == "claim":  # a worker's deliver_due: the lane's due queued messages
+        services.messages_deliver_due(priority=Priority.NORMAL)
         return
     if op == "chunk":
         services.messages_deliver_chunk(message_ids=[str(m.pk) for m in messages])
@@ -156,7 +160,7 @@ def test_interleavings_follow_the_transition_table(ops, sender, mobile_user, str
     with transaction.atomic():
         messages = [MessageFactory(sender=sender, recipient=mobile_user) for _ in range(MESSAGES)]
         # Another recipient's message: receipts naming it must leave it alone.
-        foreign = MessageFactory(sender=sender, recipient=stranger)
+        foreign = MessageFactory(sender=sender, recipient=stranger, priority=Priority.LOW)  # not claimed
         models = [Model() for _ in messages]
         first_seen: dict[tuple[int, str], object] = {}
         previous = [Q] * MESSAGES

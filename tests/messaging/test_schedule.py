@@ -22,7 +22,7 @@ from apps.accounts.party import Party
 from apps.devices.services import device_register, push_send, push_window_close
 from apps.messaging import relay, services
 from apps.messaging.errors import MessageNotCancelable
-from apps.messaging.models import Broadcast, Message, Status
+from apps.messaging.models import Broadcast, Message, Priority, Status
 from apps.messaging.services import schedule
 from tests.concurrency import run_together
 from tests.conftest import client_for
@@ -220,7 +220,7 @@ def test_send_at_is_judged_on_the_shared_clock_not_the_web_hosts(sender_client, 
 def test_a_worker_whose_host_clock_is_ahead_expands_a_broadcast_due_at_once(
     sender, mobile_user, stranger, host_clock_off, redis
 ):
-    # The relay claims queued messages due on the shared clock: stamped 5 minutes ahead by a
+    # Workers claim queued messages due on the shared clock: stamped 5 minutes ahead by a
     # skewed worker, a broadcast would wait 5 minutes, and its TTL would run from then.
     broadcast = services.broadcast_create(
         sender=sender, recipient_ids=[mobile_user.pk, stranger.pk], content="all", ttl_seconds=600
@@ -229,7 +229,10 @@ def test_a_worker_whose_host_clock_is_ahead_expands_a_broadcast_due_at_once(
     services.broadcast_expand_chunk(broadcast_id=broadcast.pk, after=0)
     host_clock_off(0)
 
-    assert relay.relay_round() == 2
+    assert relay.relay_round() == 1  # the lane's task: both messages are due now
+    assert sorted(dispatched_ids(redis)) == sorted(
+        str(pk) for pk in Message.objects.filter(broadcast=broadcast).values_list("pk", flat=True)
+    )
     for expires_at in Message.objects.filter(broadcast=broadcast).values_list("expires_at", flat=True):
         assert abs((expires_at - timezone.now()).total_seconds() - 600) < 60
 
@@ -457,7 +460,7 @@ SC, Q, P, S, D, F, C = (
     Status.CANCELED,
 )
 PER_MESSAGE = ["send", "ack", "cancel"]
-EVERY_MESSAGE = ["promote", "chunk", "ack_timeout_sweep", "release_unacked", "relay"]
+EVERY_MESSAGE = ["promote", "chunk", "claim", "ack_timeout_sweep", "release_unacked", "relay"]
 cancel_operations = st.lists(
     st.one_of(
         st.tuples(st.sampled_from(PER_MESSAGE), st.integers(min_value=0, max_value=2)),
@@ -476,7 +479,7 @@ def _model_step(
             continue
         if op == "promote" and status == SC:
             statuses[i] = Q
-        elif op == "chunk" and status == Q:  # the recipient is offline
+        elif op in ("chunk", "claim") and status == Q:  # the recipient is offline
             statuses[i] = P
         elif op == "send" and status in (Q, P, S):
             statuses[i] = S
@@ -506,6 +509,8 @@ def _real_step(sender, recipient, messages: list[Message], op: str, index: int |
         services.messages_release_unacked(recipients=[Party.mobile(recipient.pk)], reason="connection closed")
     elif op == "relay":
         relay.relay_round()
+    elif op == "claim":  # a worker's deliver_due: the lane's due queued messages
+        services.messages_deliver_due(priority=Priority.NORMAL)
     elif op == "send":
         services.messages_mark_sent([ids[index]])
     elif op == "ack":

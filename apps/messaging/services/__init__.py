@@ -3,7 +3,7 @@
 - send: a one-way send, a chat message's store, the idempotent send (idempotency);
 - batch and broadcast: many messages at once;
 - schedule: scheduled send (promotion when due) and cancel, with `skip` frames;
-- deliver and chunks: a message, a backlog, a catch-up, the relay's chunks;
+- deliver and chunks: a lane's due messages, a message, a backlog, a catch-up;
 - receipts: acks and reads from the devices;
 - failures: release, fail, dead letters, requeue;
 - sweeps: the periodic jobs; retention: the purge of old terminal messages.
@@ -23,7 +23,7 @@ from .broadcast import (
     broadcast_expand_chunk,
     sweep_broadcasts,
 )
-from .chunks import ChunkReport, message_deliver, messages_deliver_chunk
+from .chunks import ChunkReport, message_deliver, messages_deliver_chunk, messages_deliver_due
 from .deliver import (
     catchup_chunk,
     messages_mark_sent,
@@ -72,6 +72,7 @@ __all__ = [
     "message_send_idempotent",
     "messages_acknowledge",
     "messages_deliver_chunk",
+    "messages_deliver_due",
     "messages_fail",
     "messages_mark_read",
     "messages_mark_sent",

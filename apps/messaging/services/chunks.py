@@ -1,15 +1,28 @@
 """Delivery in chunks: the one delivery path, one presence lookup and one update per outcome.
 
-Every delivery goes through `messages_deliver_chunk`: the relay's chunks of single sends,
-batches, broadcasts and requeues, and (as a chunk of one) `message_deliver`. Strict ordering is
-a rule of the chunk too: a recipient's message goes only when it is the lowest undelivered one.
+A chunk is read, decided and marked in one transaction that holds its rows (`FOR UPDATE SKIP
+LOCKED`, so two deliveries never hold the same message), and its frames leave after that
+commit. Every delivery is such a chunk:
+
+- `messages_deliver_due`: the outbox's own path. A worker claims the oldest due `queued`
+  messages of a lane itself, as many as a chunk holds, when the relay (relay.py) says that the
+  lane has some: single sends, batches, broadcasts, promoted scheduled messages and requeued
+  dead letters all leave this way, with no message ids in the task and nothing written to a
+  message before the delivery itself;
+- `messages_deliver_chunk`: the messages of given ids (retries of `pending` ones), and
+  `message_deliver`, a chunk of one.
+
+Strict ordering is a rule of the chunk too: a recipient's message goes only when it is the
+lowest undelivered one.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.db import transaction
 
 from apps.accounts import presence
@@ -19,10 +32,12 @@ from apps.common.ids import in_ids
 from apps.devices.services import push_schedule
 
 from .. import lifecycle, outgoing
+from ..dispatch import lanes_dispatch
 from ..models import Message, Outcome, Status
+from ..outgoing import Outgoing
 from ..selectors import first_undelivered_seqs
 from .attempts import attempts_record
-from .deliver import frames_encode, messages_write
+from .deliver import frames_encode, frames_send, messages_mark_sent
 from .failures import messages_fail
 from .policy import DUE_TOLERANCE, strict_ordering
 
@@ -33,28 +48,75 @@ class ChunkReport:
     offline: int = 0
     failed: int = 0  # dead-lettered: expired, recipient deactivated, frame unencodable
     expired: int = 0  # of `failed`
-    skipped: int = 0  # not queued or pending (any more)
+    claimed: int = 0  # read and held by this chunk
+    skipped: int = 0  # asked for by id, but not queued or pending (any more), or held elsewhere
     not_due: int = 0
     held: int = 0  # strict ordering: behind an earlier undelivered message of its recipient
     # Recipients whose messages were held because they are offline.
     offline_recipients: list[Party] = field(default_factory=list)
 
 
+def messages_deliver_due(*, priority: str, limit: int | None = None) -> ChunkReport:
+    """Claim the oldest due `queued` messages of a lane (up to a chunk) and deliver them.
+
+    The claim skips rows that another delivery holds, so any number of workers can drain a
+    lane at once. A full chunk asks for one more task on the lane before it is delivered, so
+    that another worker takes the next chunk meanwhile; the last, short one ends the chain.
+    """
+    limit = limit or settings.MESSAGING_DELIVERY_CHUNK
+    due = Message.objects.filter(
+        status=Status.QUEUED, priority=priority, next_attempt_at__lte=clock.now()
+    ).order_by("next_attempt_at", "seq")[:limit]  # a recipient's lower seqs first when times tie
+
+    def claim() -> list[outgoing.Row]:
+        rows = outgoing.rows(due.select_for_update(skip_locked=True, of=("self",)))
+        if len(rows) == limit:
+            lanes_dispatch([priority])
+        # A recipient's messages together, in seq order: they leave in one frame event.
+        return sorted(rows, key=_recipient_order)
+
+    return _deliver(claim, asked=None)
+
+
 def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
-    """Deliver a chunk of messages: one presence lookup, one status update per outcome.
+    """Deliver the `queued` or `pending` messages among `message_ids` (the others are skipped)."""
+    chunk = Message.objects.filter(
+        in_ids(Message, message_ids), status__in=(Status.QUEUED, Status.PENDING)
+    ).order_by("recipient_business_id", "recipient_id", "seq")
+
+    def read() -> list[outgoing.Row]:
+        return outgoing.rows(chunk.select_for_update(skip_locked=True, of=("self",)))
+
+    return _deliver(read, asked=len(message_ids))
+
+
+def _recipient_order(row: outgoing.Row) -> tuple[int, int, int]:
+    return (row.recipient_business_id or 0, row.recipient_id or 0, row.seq)
+
+
+def _deliver(read: Callable[[], list[outgoing.Row]], *, asked: int | None) -> ChunkReport:
+    """Deliver the rows that `read` selects and locks: one presence lookup, one update per outcome.
 
     Online recipients (mobile or business) get their messages as one frame event each; offline
-    ones' messages go `pending` (and mobile users get a push after commit). If the channel
-    layer fails (or its breaker is open) the affected messages return to `pending` and the
-    error propagates, so the task retries; the pending sweep also picks them up.
+    ones' messages go `pending` (and mobile users get a push after commit). The rows are read,
+    decided and marked in one transaction; the frames leave once it has committed. If the
+    channel layer fails (or its breaker is open) the affected messages return to `pending` and
+    the error propagates, so the task retries; the pending sweep also picks them up.
     """
     report = ChunkReport()
-    messages = outgoing.rows(
-        Message.objects.filter(
-            in_ids(Message, message_ids), status__in=(Status.QUEUED, Status.PENDING)
-        ).order_by("recipient_business_id", "recipient_id", "seq")
-    )
-    report.skipped = len(message_ids) - len(messages)
+    with transaction.atomic():
+        messages = read()
+        report.claimed = len(messages)
+        if asked is not None:
+            report.skipped = asked - len(messages)
+        frames = _decide(messages, report)
+        moved = messages_mark_sent([f.pk for f in frames])
+    report.sent = frames_send([f for f in frames if f.pk in moved])
+    return report
+
+
+def _decide(messages: list[outgoing.Row], report: ChunkReport) -> list[Outgoing]:
+    """Settle what cannot be delivered now; return the frames of the messages to write now."""
     now = clock.now()
     now_s = now.timestamp()  # rows carry their times as epoch seconds
     expired = [m.pk for m in messages if m.expires_at is not None and m.expires_at <= now_s]
@@ -88,8 +150,7 @@ def messages_deliver_chunk(*, message_ids: list[str]) -> ChunkReport:
     deliverable = [m for m in live if party_of[m.pk] in online]
     frames = frames_encode(deliverable)
     report.failed += len(deliverable) - len(frames)  # unencodable: dead-lettered by frames_encode
-    report.sent = messages_write(frames)
-    return report
+    return frames
 
 
 def _strict_first(messages: list[outgoing.Row]) -> tuple[list[outgoing.Row], list[uuid.UUID]]:
@@ -135,7 +196,7 @@ def _hold_offline(messages: list[outgoing.Row], party_of: dict, *, now) -> list[
 
     `party_of` maps each message id to its recipient. Return the recipients whose messages moved.
     """
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         moved = lifecycle.transition(
             Message.objects.filter(pk__in=[m.pk for m in messages], status=Status.QUEUED),
             to=Status.PENDING,

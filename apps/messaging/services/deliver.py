@@ -71,17 +71,27 @@ def recipient_deliver_backlog(*, recipient: Party) -> int:
 def messages_write(messages: list[Outgoing]) -> int:
     """Mark `messages` sent in one update, then send one event per recipient; return how many.
 
-    The bookkeeping comes first so that the device's ack, however fast, always finds the
-    message `sent` with its attempt recorded. If the channel layer is unreachable, the messages
-    not yet written go back to `pending` and the error propagates, so the caller's task retries.
+    The bookkeeping comes first (and commits) so that the device's ack, however fast, always
+    finds the message `sent` with its attempt recorded.
     """
     if not messages:
         return 0
     moved = messages_mark_sent([m.pk for m in messages])
+    return frames_send([m for m in messages if m.pk in moved])
+
+
+def frames_send(messages: list[Outgoing]) -> int:
+    """Send the frames of messages marked `sent`, one channel-layer event per recipient.
+
+    Call it once the marking has committed. If the channel layer is unreachable, the messages
+    not yet written go back to `pending` and the error propagates, so the caller's task retries.
+    Return how many were sent.
+    """
+    if not messages:
+        return 0
     by_group: dict[str, list[Outgoing]] = defaultdict(list)
     for m in messages:
-        if m.pk in moved:
-            by_group[m.group].append(m)
+        by_group[m.group].append(m)
     correlation_id = get_correlation_id()
     groups = list(by_group)
     events = [
@@ -116,7 +126,7 @@ def messages_write(messages: list[Outgoing]) -> int:
                 close_attempts=lifecycle.CloseAttempts(Outcome.ERROR, f"channel layer: {error!r}"),
             )
         raise error
-    return len(moved)
+    return len(messages)
 
 
 def frames_encode(delivery_rows: list[outgoing.Row]) -> list[Outgoing]:
@@ -137,7 +147,7 @@ def messages_mark_sent(message_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     if not message_ids:
         return set()
     now = clock.now()
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         moved = lifecycle.transition(
             message_ids,
             to=Status.SENT,

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections import OrderedDict, deque
+from contextlib import nullcontext
 
 from asgiref.sync import sync_to_async
 from autobahn.exception import Disconnected
@@ -415,7 +416,11 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         await self._write_delivery(event)
 
     async def _write_delivery(self, event: dict) -> None:
-        with correlation_context(event.get("correlation_id", "")):
+        # The sending request's id, when one sent it; a worker's claim of a lane's messages has
+        # none (each message's own id is in its rows and their status logs), and a fresh id per
+        # event would cost a uuid4 per frame event for nothing.
+        correlation_id = event.get("correlation_id")
+        with correlation_context(correlation_id) if correlation_id else nullcontext():
             acked_again = []
             for message in event["messages"]:
                 if message["id"] in self.catchup_ids:

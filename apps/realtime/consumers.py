@@ -148,6 +148,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
         self.catchup_ids: set[str] = set()
         # Ids this connection's client acknowledged, oldest first (at most ACKED_MEMORY).
         self.acked_here: OrderedDict[str, None] = OrderedDict()
+        self.receipts_in_flight: set[asyncio.Future] = set()
         self.last_beat = 0.0
         self.can_chat = await in_db_pool(self._can_chat)()
         self.typing_sent: dict[str, tuple[bool, float]] = {}
@@ -179,6 +180,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
             await asyncio.gather(self.catch_up_task, return_exceptions=True)
         metrics.websocket_connections(-1)
         await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self._receipts_recorded()  # an ack in flight settles its message, not the release
         await in_db_pool(self._forget_connection)()
 
     def _can_chat(self) -> bool:
@@ -309,6 +311,7 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
 
     async def _ping(self, kind: str, content: dict) -> None:
         await self._beat()
+        await self._receipts_recorded()
         if self.catch_up_task is not None and not self.catch_up_task.done():
             # A pong also says the catch-up is over: clients (and tests) use ping/pong as the
             # barrier after which whatever arrives is live. Acks before the ping go on at once.
@@ -323,8 +326,32 @@ class ParticipantConsumer(AsyncJsonWebsocketConsumer):
             )
             return
         target = Status.DELIVERED if kind == "ack" else Status.READ
-        await receipt_apply(services.Receipt(self.party, target, ids))
         self._remember_acked(ids)
+        # Recorded with the process's other receipts (realtime.receipts), while this socket goes
+        # on: a delivery for it does not wait for the transaction that records its last ack. A
+        # ping waits for them (a pong says that every receipt before it is recorded), and so
+        # does the disconnect, before it releases what was not acked.
+        applying = asyncio.ensure_future(receipt_apply(services.Receipt(self.party, target, ids)))
+        self.receipts_in_flight.add(applying)
+        applying.add_done_callback(self._receipt_done)
+
+    def _receipt_done(self, applying: asyncio.Future) -> None:
+        self.receipts_in_flight.discard(applying)
+        if applying.cancelled() or applying.exception() is None:
+            return
+        # The database went away: the client reconnects and resends what it still holds (the
+        # ack timeout redelivers what it does not).
+        logger.error(
+            "websocket.receipt_failed",
+            exc_info=applying.exception(),
+            extra={"kind": self.party.kind.value, "user_id": self.party.id},
+        )
+        self.closing = asyncio.ensure_future(self.close(code=CLOSE_TRY_AGAIN_LATER))
+
+    async def _receipts_recorded(self) -> None:
+        """Wait until every receipt this socket has handed in is recorded (or has failed)."""
+        while self.receipts_in_flight:
+            await asyncio.gather(*self.receipts_in_flight, return_exceptions=True)
 
     def _remember_acked(self, ids: list) -> None:
         for pk in ids:

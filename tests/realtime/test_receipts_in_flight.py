@@ -22,14 +22,9 @@ from .conftest import (
     round_trip,
     send_frame,
 )
+from .test_consumer import _send
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _send(sender, recipient, content: str = "hello") -> Message:
-    return services.message_send(
-        sender=sender, recipient_phone_number=recipient.phone_number, content=content
-    )
 
 
 def _status(message_id) -> str:
